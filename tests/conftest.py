@@ -1,0 +1,26 @@
+"""Test setup: 8 fake CPU devices before JAX starts, float64 available, nightly option."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--nightly", action="store_true", help="run the large fuzzing runs")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--nightly"):
+        return
+    skip = pytest.mark.skip(reason="nightly-size run; pass --nightly")
+    for item in items:
+        if "nightly" in item.keywords:
+            item.add_marker(skip)
