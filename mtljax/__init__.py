@@ -6,8 +6,8 @@ The public API is re-exported here flat; see the README for a tour.
 from mtljax import methods
 from mtljax.aggregate import aggregate
 from mtljax.diagnostics import gram_diagnostics
-from mtljax.linalg import combine, cosine_matrix, gram
 from mtljax.jacobian import per_task_gradients
+from mtljax.linalg import combine, cosine_matrix, gram
 from mtljax.methods import Method, MethodOutput, get_method, method_names
 from mtljax.tasks import Metric, Task, Tasks
 from mtljax.train import MultiTaskLoss, TrainState, init_train_state, make_train_step

@@ -111,11 +111,20 @@ def global_batch(local_batch, mesh: Mesh, *, axis_name: str = AXIS):
 
 
 def replicate_on_mesh(tree, mesh: Mesh):
-    """Places ``tree`` replicated on every device of ``mesh`` (works across processes)."""
+    """Places ``tree`` replicated on every device of ``mesh`` (works across processes).
+
+    Typed PRNG keys travel as their raw key data and are re-wrapped on the mesh.
+    """
     sharding = NamedSharding(mesh, P())
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x))
-        if not jax.dtypes.issubdtype(jnp.asarray(x).dtype, jax.dtypes.prng_key)
-        else jax.device_put(x, sharding),
-        tree,
-    )
+
+    def place(x):
+        if jax.dtypes.issubdtype(jnp.asarray(x).dtype, jax.dtypes.prng_key):
+            data = place(jax.random.key_data(x))
+            return jax.jit(
+                lambda d: jax.random.wrap_key_data(d, impl=jax.random.key_impl(x)),
+                out_shardings=sharding,
+            )(data)
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(sharding, x, x.shape)
+
+    return jax.tree.map(place, tree)

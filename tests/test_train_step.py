@@ -1,7 +1,6 @@
 """The train step: every method reduces the losses; data parallel equals one device."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

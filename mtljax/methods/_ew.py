@@ -36,7 +36,8 @@ def ew(num_tasks: int, *, reduction: str = "sum") -> Method:
 
     def weights_fn(state, *, task_losses=None, **extra):
         del task_losses, extra
-        return jnp.full((num_tasks,), value, jnp.float32), state
+        # The default float dtype: exact 1/T for float64 gradients when x64 is on.
+        return jnp.full((num_tasks,), value, dtype=float), state
 
     return loss_weighting("ew" if reduction == "sum" else "mean", num_tasks, optax.EmptyState,
                           weights_fn)

@@ -1,0 +1,183 @@
+"""The ``mtljax`` command line.
+
+::
+
+    mtljax methods                                   # every method: kind, level, summary, paper
+    mtljax run multidigits --workdir runs/md --set method=cagrad --set method_kw.c=0.4
+    mtljax run path/to/config.py:ARG --workdir DIR  # any file with get_config(arg=None)
+    mtljax plot runs/md                              # PNG plots of a run's metrics.jsonl
+
+A config is a module of ``experiments/configs`` (by name) or a Python file, whose
+``get_config(arg=None)`` returns a :class:`~mtljax.runner.RunConfig` or a dict of its fields;
+``CONFIG:ARG`` passes ``ARG`` to it. ``--set key=value`` overrides a field (``method_kw.c``
+sets one key of a dict field); values are parsed as JSON when they are valid JSON
+(``steps=100``, ``hidden=[64,64]``, ``tasks=["left"]``, ``level=null``) and kept as strings
+otherwise (``method=cagrad``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIRS = (
+    Path.cwd() / "experiments" / "configs",
+    Path(__file__).resolve().parents[1] / "experiments" / "configs",
+)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table with left-aligned columns; floats printed with 4 significant digits."""
+
+    def cell(value):
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def parse_value(text: str) -> Any:
+    """A JSON literal when ``text`` is one (numbers, lists, true/null...), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b.c": "x"}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {item!r}.")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def available_configs() -> list[str]:
+    return sorted({p.stem for d in CONFIG_DIRS if d.is_dir() for p in d.glob("[!_]*.py")})
+
+
+def load_config(spec: str):
+    """Calls ``get_config(arg)`` of the config named by ``spec`` (``NAME[:ARG]`` or a path)."""
+    from mtljax.runner import as_config
+
+    name, _, arg = spec.partition(":")
+    path = Path(name)
+    if not (path.suffix == ".py" and path.is_file()):
+        path = next((d / f"{name}.py" for d in CONFIG_DIRS if (d / f"{name}.py").is_file()), None)
+    if path is not None:
+        module_spec = importlib.util.spec_from_file_location(f"_mtljax_config_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            raise ValueError(
+                f"No config {name!r}: not a file, not in experiments/configs "
+                f"({', '.join(available_configs())}), not an importable module."
+            ) from None
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"Config {name!r} has no get_config(arg=None) function.")
+    return as_config(module.get_config(arg or None))
+
+
+def methods_table() -> str:
+    """Every registry name with its kind, level, summary and paper."""
+    from mtljax.methods import REGISTRY, get_method
+
+    rows = []
+    for name, entry in REGISTRY.items():
+        try:
+            method = get_method(name, 2)
+            kind, level = method.kind, method.level
+        except (TypeError, ValueError):
+            kind, level = "?", "needs hparams"
+        except Exception as error:  # noqa: BLE001 - one broken module must not hide the rest
+            kind, level = "unavailable", type(error).__name__
+        rows.append((name, kind, level, entry.summary, entry.paper))
+    return format_table(("name", "kind", "level", "summary", "paper"), rows)
+
+
+def results_table(summary: dict) -> str:
+    """Per-task validation and test metrics of a run summary."""
+    rows = []
+    for task in summary["tasks"]:
+        for metric, value in summary["test"][task].items():
+            rows.append((task, metric, summary["val"][task][metric], value))
+    return format_table(("task", "metric", f"val@{summary['best_step']}", "test"), rows)
+
+
+def _cmd_methods(args) -> int:
+    del args
+    print(methods_table())
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from mtljax.runner import run
+
+    config = load_config(args.config)
+    overrides = parse_overrides(args.set or [])
+    if args.workdir:
+        overrides["workdir"] = args.workdir
+    config = config.replace(overrides)
+    summary = run(config)
+    print(results_table(summary))
+    print(
+        f"best step {summary['best_step']} · {summary['steps_per_s']:.1f} steps/s · "
+        f"{summary['wall_time_s']:.1f} s wall" + (f" · {config.workdir}" if config.workdir else "")
+    )
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from mtljax.plots import plot_run
+
+    for path in plot_run(args.workdir):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtljax", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("methods", help="list the methods").set_defaults(fn=_cmd_methods)
+    run_parser = sub.add_parser("run", help="train one config")
+    run_parser.add_argument("config", help="NAME[:ARG] under experiments/configs, or a .py path")
+    run_parser.add_argument("--workdir", help="output folder (metrics.jsonl, summary.json)")
+    run_parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config field; repeatable"
+    )
+    run_parser.set_defaults(fn=_cmd_run)
+    plot_parser = sub.add_parser("plot", help="plot a run's metrics.jsonl")
+    plot_parser.add_argument("workdir")
+    plot_parser.set_defaults(fn=_cmd_plot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mtljax`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, KeyError, RuntimeError) as error:
+        print(f"mtljax: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""CR-MOGM: correlation-reduced stochastic multi-objective gradient manipulation.
+
+Stochastic gradient-manipulation methods (MGDA, PCGrad, CAGrad, ...) compute their composite
+weights from the same noisy mini-batch gradients they combine; the correlation between the two
+can keep them from converging. CR-MOGM replaces the instantaneous weights ``λ̂_k`` of any
+weighting method by their exponential moving average
+
+``λ_k = β λ_{k−1} + (1 − β) λ̂_k``  (``λ_1 = λ̂_1``),  ``d = Jᵀ λ_k``.
+
+β = 0 recovers the base method. The base keeps its own state (random keys, moving averages).
+
+References:
+  Zhou, Zhang, Jiang, Zhong, Gu & Zhu, "On the Convergence of Stochastic Multi-Objective
+  Gradient Manipulation and Beyond", NeurIPS 2022.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mtljax import linalg
+from mtljax.methods import get_method
+from mtljax.methods._base import (
+    Method,
+    MethodOutput,
+    check_input_tasks,
+    check_num_tasks,
+    weights_dtype,
+)
+
+
+class CRMOGMState(NamedTuple):
+    base: Any  # the base method's state
+    weights: jax.Array  # [T] moving average λ of the base weights
+    started: jax.Array  # [] bool, whether λ holds a first value
+
+
+def cr_mogm(num_tasks: int, *, base: str = "mgda", beta: float = 0.9, **base_hparams) -> Method:
+    """Exponential moving average of any weighting method's weights.
+
+    Args:
+      num_tasks: T.
+      base: registry name of the base method; it must return weights (``d = Jᵀ λ̂``).
+      beta: β in [0, 1), the weight of the previous average (0: the base method itself).
+      **base_hparams: keyword arguments of the base method's factory.
+
+    Returns:
+      A gradient :class:`~mtljax.methods.Method` with the base's level and number of batches.
+
+    Raises:
+      ValueError: bad ``beta``, or (when first traced) a base that returns no weights, such as
+        GradDrop, whose update is no combination of the task gradients.
+    """
+    num_tasks = check_num_tasks(num_tasks)
+    if not 0 <= beta < 1:
+        raise ValueError(f"beta must be in [0, 1), got {beta!r}.")
+    inner = get_method(base, num_tasks, **base_hparams)
+
+    def init(params):
+        dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(params)), jnp.float32)
+        return CRMOGMState(
+            inner.init(params),
+            jnp.full((num_tasks,), 1.0 / num_tasks, dtype),
+            jnp.zeros((), jnp.bool_),
+        )
+
+    def apply(per_task_grads, state, params=None, **extra):
+        check_input_tasks("cr_mogm", num_tasks, per_task_grads)
+        out = inner.apply(per_task_grads, state.base, params, **extra)
+        if out.weights is None:
+            raise ValueError(
+                f"cr_mogm needs a base method that returns task weights; {base!r} returns "
+                f"weights=None (its update is no combination Jᵀ w of the task gradients)."
+            )
+        dtype = weights_dtype(per_task_grads)
+        fresh = out.weights.astype(dtype)
+        previous = state.weights.astype(dtype)
+        averaged = jnp.where(state.started, beta * previous + (1.0 - beta) * fresh, fresh)
+        new_state = CRMOGMState(out.state, averaged.astype(state.weights.dtype), jnp.ones((), bool))
+        return MethodOutput(linalg.combine(per_task_grads, averaged), new_state, averaged)
+
+    return Method(
+        init,
+        apply,
+        name="cr_mogm",
+        num_tasks=num_tasks,
+        level=inner.level,
+        num_batches=inner.num_batches,
+    )

@@ -1,0 +1,86 @@
+"""DB-MTL: dual balancing of loss scales and gradient magnitudes.
+
+Loss-scale balancing: each task descends ``log L_t``, whose gradient is ``g_t / L_t``.
+Gradient-magnitude balancing: an exponential moving average ``ĝ_t`` of those gradients is
+rescaled so every task contributes the largest task's magnitude:
+
+``ĝ_t ← β_k ĝ_t + (1 − β_k) g_t / (L_t + ε)``,  ``d = Σ_t α_t ĝ_t``,
+``α_t = max_s ‖ĝ_s‖ / (‖ĝ_t‖ + ε)``
+
+with ``β_k = β / k^σ`` at step ``k = 1, 2, ...`` and ``ĝ = 0`` at the start. The moving
+average is a ``[T, *p]`` tree (T copies of the shared parameters): this P-sized state is
+inherent to DB-MTL. The weights α combine the averaged gradients ``ĝ``, not this step's ``J``.
+
+References:
+  Lin, Jiang, Ye, Zhang, Chen, Chen, Liu, Tsang & Kwok, "Dual-Balancing for Multi-Task
+  Learning", arXiv:2308.12029, 2023.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mtljax import linalg
+from mtljax.methods._base import (
+    Method,
+    MethodOutput,
+    check_input_tasks,
+    check_num_tasks,
+    require_losses,
+    weights_dtype,
+)
+
+EPS = 1e-8
+
+
+class DBMTLState(NamedTuple):
+    step: jax.Array  # [] int32, steps taken
+    ema: Any  # [T, *p] moving average ĝ of the log-loss gradients, zeros at the start
+
+
+def db_mtl(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.5) -> Method:
+    """Dual-balancing multi-task learning.
+
+    Args:
+      num_tasks: T.
+      beta: β in [0, 1), the moving-average factor at step 1 (0: no averaging).
+      beta_sigma: σ ≥ 0, decay exponent of the factor ``β / k^σ``.
+
+    Returns:
+      A :class:`~mtljax.methods.Method` that needs ``task_losses``. Its ``weights`` are α, the
+      weights of the averaged gradients ``ĝ`` (not of ``J``); all are ≥ 1 and the largest-norm
+      task has weight 1 (up to ε). Losses are clipped at 0 before adding ε = 1e-8, so zero or
+      negative losses give large but finite log-loss gradients; zero gradients give ``d = 0``.
+    """
+    num_tasks = check_num_tasks(num_tasks)
+    if not 0 <= beta < 1:
+        raise ValueError(f"beta must be in [0, 1), got {beta!r}.")
+    if not beta_sigma >= 0:
+        raise ValueError(f"beta_sigma must be >= 0, got {beta_sigma!r}.")
+
+    def init(params):
+        ema = jax.tree.map(lambda p: jnp.zeros((num_tasks, *p.shape), p.dtype), params)
+        return DBMTLState(jnp.zeros((), jnp.int32), ema)
+
+    def apply(per_task_grads, state, params=None, *, task_losses=None, **extra):
+        del params, extra
+        check_input_tasks("db_mtl", num_tasks, per_task_grads)
+        dtype = weights_dtype(per_task_grads)
+        losses = require_losses("db_mtl", num_tasks, task_losses).astype(dtype)
+        step = state.step + 1
+        beta_k = beta / step.astype(dtype) ** beta_sigma
+        inv_loss = 1.0 / (jnp.maximum(losses, 0.0) + EPS)
+
+        def average(m, g):
+            log_grad = g * inv_loss.astype(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1))
+            return (log_grad + beta_k * (m - log_grad)).astype(m.dtype)
+
+        ema = jax.tree.map(average, state.ema, per_task_grads)
+        norms = jnp.sqrt(linalg.squared_norms(ema)).astype(dtype)
+        alpha = jnp.max(norms) / (norms + EPS)
+        return MethodOutput(linalg.combine(ema, alpha), DBMTLState(step, ema), alpha)
+
+    return Method(init, apply, name="db_mtl", num_tasks=num_tasks)

@@ -1,0 +1,127 @@
+"""GradNorm: learned task weights that balance the gradient norms of a shared layer.
+
+With ``G_t = ‖∇_W w_t L_t‖ = w_t ‖∇_W L_t‖`` on shared parameters ``W``, their mean ``Ḡ``, the
+loss ratios ``L̃_t = L_t / L_t(0)`` and relative inverse training rates ``r_t = L̃_t / mean(L̃)``,
+the step uses the current weights (``d = Σ_t w_t g_t``) and then moves ``w`` one optimizer step
+down the gradient of ``Σ_t |G_t − Ḡ r_t^α|`` with ``Ḡ r_t^α`` held constant:
+``∂/∂w_t = sign(G_t − Ḡ r_t^α) ‖∇_W L_t‖``. The new weights are clipped at 0 and renormalised to
+sum to T. ``L(0)`` is recorded at the first step.
+
+The only P-sized work is the per-task squared norm of the selected leaves of the Jacobian.
+
+References:
+  Chen, Badrinarayanan, Lee & Rabinovich, "GradNorm: Gradient Normalization for Adaptive Loss
+  Balancing in Deep Multitask Networks", ICML 2018, arXiv:1711.02257.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtljax import linalg
+from mtljax.methods._base import (
+    Method,
+    MethodOutput,
+    check_input_tasks,
+    check_num_tasks,
+    require_losses,
+)
+
+LAYERS = ("last", "all")
+
+
+class GradNormState(NamedTuple):
+    weights: jax.Array  # [T], current task weights, sum T
+    opt_state: Any  # optimizer state of the weights
+    initial_losses: jax.Array  # [T], L(0), recorded at the first step
+    step: jax.Array  # [] int32, steps taken
+
+
+def _selected_leaves(per_task_grads, layer) -> list[jax.Array]:
+    """The leaves of ``per_task_grads`` that form ``W`` (see :func:`gradnorm`)."""
+    with_paths = jax.tree_util.tree_flatten_with_path(per_task_grads)[0]
+    if layer == "all":
+        return [leaf for _, leaf in with_paths]
+    if layer == "last":
+        prefix = with_paths[-1][0][:-1]
+        chosen = [leaf for path, leaf in with_paths if path[: len(prefix)] == prefix]
+    else:
+        chosen = [leaf for path, leaf in with_paths if layer(path)]
+    if not chosen:
+        raise ValueError("GradNorm's layer selected no leaf of the per-task gradients.")
+    return chosen
+
+
+def gradnorm(
+    num_tasks: int,
+    *,
+    alpha: float = 1.5,
+    lr: float = 0.025,
+    layer: str | Callable[[tuple], bool] = "last",
+    optimizer: optax.GradientTransformation | None = None,
+) -> Method:
+    """GradNorm with learned weights in the state (initialised at 1).
+
+    Args:
+      num_tasks: T.
+      alpha: asymmetry α ≥ 0; larger pulls harder on tasks that train slowly (paper: 1.5 on
+        NYUv2; α = 0 equalises the gradient norms).
+      lr: learning rate of the default optimizer of the weights, ``optax.adam(lr)`` (Adam
+        makes the step insensitive to the scale of the gradient norms).
+      layer: which shared parameters ``W`` the norms are taken on. ``"last"`` (default): the
+        leaves whose key path (``jax.tree_util`` flatten order) starts with the path of the
+        last leaf minus its final key, i.e. the parent module of the last leaf (the whole tree
+        when it is flat or a single array). ``"all"``: every leaf (the Gram diagonal of the
+        whole Jacobian). A callable ``path -> bool`` on key-path tuples selects leaves freely.
+      optimizer: optax transformation for the weights; replaces ``optax.adam(lr)`` when given
+        (e.g. ``optax.sgd(lr)`` for the plain gradient step).
+
+    Returns:
+      A gradient :class:`~mtljax.methods.Method`. Weights are non-negative, sum to T, and are
+      in the losses' dtype (≥ float32); the state is in the parameters' dtype (≥ float32).
+      When every updated weight clips to 0 they reset to 1. A zero ``L(0)`` counts as 1.
+    """
+    num_tasks = check_num_tasks(num_tasks)
+    if not alpha >= 0:
+        raise ValueError(f"alpha must be non-negative, got {alpha!r}.")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}.")
+    if not (layer in LAYERS if isinstance(layer, str) else callable(layer)):
+        raise ValueError(f"layer must be one of {LAYERS} or a callable, got {layer!r}.")
+    tx = optax.adam(lr) if optimizer is None else optimizer
+
+    def init(params):
+        leaves = jax.tree.leaves(params)
+        dtype = jnp.promote_types(jnp.result_type(*leaves), jnp.float32) if leaves else jnp.float32
+        weights = jnp.ones((num_tasks,), dtype)
+        return GradNormState(weights, tx.init(weights), weights, jnp.zeros((), jnp.int32))
+
+    def apply(per_task_grads, state, params=None, *, task_losses=None, **extra):
+        del params, extra
+        check_input_tasks("gradnorm", num_tasks, per_task_grads)
+        losses = require_losses("gradnorm", num_tasks, task_losses)
+        w = state.weights
+        dtype, tiny = w.dtype, jnp.finfo(w.dtype).tiny
+        norms = jnp.sqrt(linalg.squared_norms(_selected_leaves(per_task_grads, layer)))
+        norms = norms.astype(dtype)
+        initial = jnp.where(state.step == 0, losses.astype(dtype), state.initial_losses)
+        ratios = losses.astype(dtype) / jnp.where(initial > tiny, initial, 1.0)
+        mean = jnp.mean(ratios)
+        rates = jnp.where(mean > tiny, ratios / jnp.where(mean > tiny, mean, 1.0), 1.0)
+        weighted = w * norms
+        target = jnp.mean(weighted) * jnp.maximum(rates, 0.0) ** alpha
+        grad = jnp.sign(weighted - target) * norms
+        updates, opt_state = tx.update(grad, state.opt_state, w)
+        new = jnp.maximum(optax.apply_updates(w, updates), 0.0).astype(dtype)
+        total = jnp.sum(new)
+        new = jnp.where(total > tiny, num_tasks * new / jnp.where(total > tiny, total, 1.0), 1.0)
+        weights = w.astype(jnp.promote_types(losses.dtype, jnp.float32))
+        new_state = GradNormState(new, opt_state, initial, state.step + 1)
+        return MethodOutput(linalg.combine(per_task_grads, weights), new_state, weights)
+
+    return Method(init, apply, name="gradnorm", num_tasks=num_tasks, kind="gradient")

@@ -1,0 +1,70 @@
+"""Random loss weighting (RLW): fresh random task weights every step.
+
+Each step samples ``λ̃`` from a distribution and normalises it onto the simplex: ``w = softmax(z)``
+with ``z ~ N(0, I)`` (the paper's default) or ``z ~ U(0, 1)^T``, or ``w ~ Dir(α 1)`` directly.
+RLW applied to the losses and to the gradients (RGW, torchjd's ``Random``) gives the same update.
+
+References:
+  Lin, Ye, Zhang & Tsang, "Reasonable Effectiveness of Random Weighting: A Litmus Test for
+  Multi-Task Learning", TMLR 2022, arXiv:2111.10603.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mtljax.methods._base import Method, check_num_tasks, loss_weighting
+
+DISTRIBUTIONS = ("normal", "uniform", "dirichlet")
+
+
+class RLWState(NamedTuple):
+    key: jax.Array  # PRNG key for the weight draws
+
+
+def rlw(
+    num_tasks: int,
+    *,
+    distribution: str = "normal",
+    alpha: float = 1.0,
+    key: jax.Array | int = 0,
+) -> Method:
+    """Random loss weighting: ``w = softmax(z)``, ``z`` drawn afresh each step.
+
+    Args:
+      num_tasks: T.
+      distribution: ``"normal"`` (default, ``z ~ N(0, I)``), ``"uniform"`` (``z ~ U(0, 1)``),
+        both followed by a softmax, or ``"dirichlet"`` (``w ~ Dir(α 1)``, no softmax).
+      alpha: Dirichlet concentration (``distribution="dirichlet"`` only).
+      key: PRNG key or integer seed (kept in the state).
+
+    Returns:
+      A loss-only :class:`~mtljax.methods.Method`. Weights are positive and sum to 1 (the
+      convention of both LibMTL's RLW and torchjd's ``Random``), in the losses' dtype
+      (≥ float32; float32 when no losses are given).
+    """
+    num_tasks = check_num_tasks(num_tasks)
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}.")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be positive, got {alpha!r}.")
+    key0 = jax.random.key(key) if isinstance(key, int) else key
+
+    def weights_fn(state, *, task_losses=None, **extra):
+        del extra
+        dtype = jnp.float32
+        if task_losses is not None:
+            dtype = jnp.promote_types(jnp.asarray(task_losses).dtype, jnp.float32)
+        key, sub = jax.random.split(state.key)
+        if distribution == "normal":
+            weights = jax.nn.softmax(jax.random.normal(sub, (num_tasks,), dtype))
+        elif distribution == "uniform":
+            weights = jax.nn.softmax(jax.random.uniform(sub, (num_tasks,), dtype))
+        else:
+            weights = jax.random.dirichlet(sub, jnp.full((num_tasks,), alpha, dtype), dtype=dtype)
+        return weights, RLWState(key)
+
+    return loss_weighting("rlw", num_tasks, lambda: RLWState(key0), weights_fn)

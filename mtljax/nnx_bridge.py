@@ -1,0 +1,106 @@
+"""The bridge from a Flax NNX model to the pure functions of the train step.
+
+The train step works on ``params = {"shared": ..., "heads": ...}`` and two pure functions
+(:class:`mtljax.MultiTaskLoss`). An NNX model is split once, outside ``jit``, into a static
+``graphdef``, its parameters and the rest of its state; the functions below merge them back
+inside the traced step, so the step stays a plain ``jax.jit`` over pytrees (``nnx.State`` is a
+pytree, so optax, ``jax.vjp`` and the methods take it as is).
+
+The parameters under a path containing ``"shared"`` (the :class:`~mtljax.models.HardSharing`
+trunk) are the shared ones; every other ``nnx.Param`` is task-specific.
+
+Example:
+  >>> from flax import nnx
+  >>> from mtljax.models import MLP, HardSharing
+  >>> rngs = nnx.Rngs(0)
+  >>> model = HardSharing(MLP(4, (8,), rngs=rngs), {"a": 2, "b": 2}, rngs=rngs)
+  >>> graphdef, params, rest = split_params(model)
+  >>> sorted(params)
+  ['heads', 'shared']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from flax import nnx
+
+from mtljax.train import MultiTaskLoss
+
+SHARED = "shared"
+
+TaskLossesFn = Callable[[dict[str, jax.Array], Any], tuple[dict[str, jax.Array], dict]]
+
+_SHARED_PARAMS = nnx.All(nnx.Param, nnx.PathContains(SHARED))
+
+
+def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, dict[str, nnx.State], nnx.State]:
+    """Splits a model into ``(graphdef, {"shared": ..., "heads": ...}, rest)``.
+
+    Args:
+      model: an NNX module with its shared parameters under a ``shared`` attribute.
+
+    Returns:
+      The static graph definition; the parameters as ``{"shared": nnx.State, "heads":
+      nnx.State}`` (``"heads"`` holds every ``nnx.Param`` outside ``shared``); and the rest of
+      the state (RNG counters, batch statistics, ...), possibly empty.
+
+    Raises:
+      ValueError: the model has no parameter under a path containing ``"shared"``.
+    """
+    graphdef, shared, heads, rest = nnx.split(model, _SHARED_PARAMS, nnx.Param, ...)
+    if not jax.tree.leaves(shared):
+        raise ValueError(
+            f"{type(model).__name__} has no nnx.Param under a path containing {SHARED!r}: "
+            "name the shared trunk `shared` (see mtljax.models.HardSharing)."
+        )
+    return graphdef, {"shared": shared, "heads": heads}, rest
+
+
+def merge_params(graphdef: nnx.GraphDef, params: dict[str, nnx.State], rest: nnx.State):
+    """The inverse of :func:`split_params`: a model with these parameters."""
+    return nnx.merge(graphdef, params["shared"], params["heads"], rest)
+
+
+def model_loss(
+    graphdef: nnx.GraphDef,
+    rest: nnx.State,
+    task_losses_fn: TaskLossesFn,
+    *,
+    input_key: str = "x",
+) -> MultiTaskLoss:
+    """The :class:`~mtljax.MultiTaskLoss` of a model with ``encode`` and ``decode`` methods.
+
+    ``encode(params, batch) = model.encode(batch[input_key])`` and ``decode(params, rep, batch)
+    = task_losses_fn(model.decode(rep), batch)``, with the model merged from ``params`` in each.
+
+    Args:
+      graphdef, rest: from :func:`split_params`.
+      task_losses_fn: ``(predictions, batch) -> (losses, aux)``, ``losses`` a dict of scalars
+        keyed by task name (e.g. built from :mod:`mtljax.objectives`).
+      input_key: the batch entry fed to the model.
+
+    Returns:
+      The pure functions of the train step, for both the parameter and representation level.
+    """
+
+    def encode(params, batch):
+        return merge_params(graphdef, params, rest).encode(batch[input_key])
+
+    def decode(params, rep, batch):
+        return task_losses_fn(merge_params(graphdef, params, rest).decode(rep), batch)
+
+    return MultiTaskLoss(encode, decode)
+
+
+def model_predict(
+    graphdef: nnx.GraphDef, rest: nnx.State
+) -> Callable[[dict[str, nnx.State], jax.Array], dict[str, jax.Array]]:
+    """A pure (jittable) ``predict(params, x) -> {task: outputs}`` for evaluation."""
+
+    def predict(params, x):
+        return merge_params(graphdef, params, rest)(x)
+
+    return predict

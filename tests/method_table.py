@@ -1,0 +1,139 @@
+"""The claims table: for every registry name, the properties its paper promises.
+
+One row per registry name (``test_method_properties`` asserts that the table and
+:data:`mtljax.methods.REGISTRY` hold the same names). A row says which shared properties of
+``tests/properties.py`` the method claims, with what tolerance, and with which hyper-parameters
+the tests build it. A property a row does not claim is not tested for that method; a claim is
+only made where the paper's formulas imply it, and the reason for each non-obvious choice is
+written next to it.
+
+Fields of :class:`Claims`:
+
+* ``hparams`` — keyword arguments for :func:`mtljax.get_method` in every test.
+* ``task_hparams`` — hyper-parameters with a task axis, as ``name -> fn(T) -> value`` (built
+  per T and permuted together with the tasks by the permutation test).
+* ``degree`` — the claimed homogeneity degree ``k`` of ``d(cJ) = c^k d(J)`` for ``c > 0``
+  (with the losses held fixed), or ``None`` when the method claims none.
+* ``permutation`` — whether permuting the tasks leaves ``d`` unchanged. Randomised methods
+  do not claim it: with one PRNG key, permuting the tasks changes which task each random draw
+  goes to, so the law of ``d`` is equivariant but a single draw is not.
+* ``non_conflicting`` — where ``J d ≥ 0`` is claimed: ``"all"`` (every zoo member),
+  ``"independent"`` (members with linearly independent rows, the paper's assumption) or
+  ``"two_tasks"`` (only T = 2), or ``None``.
+* ``rtol`` — relative tolerance of comparisons, per dtype name: exact closed forms get
+  roundoff-level tolerances, iterative solvers looser ones.
+* ``min_tasks`` — the smallest T the method is defined for (smaller zoo members are skipped).
+* ``xfail`` — ``property -> "BUG: ..."`` for a claimed property the current implementation
+  fails (the reason names the minimal failing input).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+EXACT = {"float32": 1e-4, "float64": 1e-9}
+SOLVER = {"float32": 2e-3, "float64": 1e-4}
+
+
+@dataclasses.dataclass(frozen=True)
+class Claims:
+    hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    task_hparams: Mapping[str, Callable[[int], Any]] = dataclasses.field(default_factory=dict)
+    degree: float | None = 1.0
+    permutation: bool = True
+    non_conflicting: str | None = None
+    rtol: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(EXACT))
+    xfail: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    min_tasks: int = 1
+
+    def build_hparams(self, num_tasks: int, perm: np.ndarray | None = None) -> dict[str, Any]:
+        """The hyper-parameters for T tasks, task-axis ones permuted by ``perm``."""
+        out = dict(self.hparams)
+        for name, make in self.task_hparams.items():
+            value = np.asarray(make(num_tasks))
+            out[name] = value[perm] if perm is not None else value
+        return out
+
+
+def _fixed_weights(num_tasks: int) -> np.ndarray:
+    # Distinct weights, so that a permutation that forgets to move them shows.
+    return np.linspace(0.5, 2.0, num_tasks)
+
+
+# Loss-only methods compute d = Jᵀ w(losses, state): linear in J at fixed losses, so they are
+# homogeneous of degree 1 whatever their weighting rule.
+LOSS_ONLY = Claims()
+RANDOMISED = Claims(permutation=False)
+
+TABLE: dict[str, Claims] = {
+    "ew": Claims(),
+    "mean": Claims(),
+    "sum": Claims(),
+    "fixed": Claims(task_hparams={"weights": _fixed_weights}),
+    "constant": Claims(task_hparams={"weights": _fixed_weights}),
+    # One task per step (random or round-robin): the task drawn does not follow a permutation.
+    "alternating": RANDOMISED,
+    "uw": LOSS_ONLY,
+    "dwa": LOSS_ONLY,
+    "si": LOSS_ONLY,
+    "gls": LOSS_ONLY,
+    "rlw": RANDOMISED,
+    "random": RANDOMISED,
+    "imtl_l": LOSS_ONLY,
+    # The first warm-up_steps steps weight by 1/L_t; the tests see the first step.
+    "stch": Claims(hparams={"warmup_steps": 1}),
+    "famo": LOSS_ONLY,
+    # GradNorm's weights are learned from the gradient norms; whether the step uses the weights
+    # before or after their update is an implementation choice, so no homogeneity is claimed.
+    "gradnorm": Claims(degree=None, rtol=SOLVER),
+    # The projection order is random (one key): no permutation claim. At T = 2 the order does
+    # not matter and the paper shows the result conflicts with neither task.
+    "pcgrad": Claims(permutation=False, non_conflicting="two_tasks"),
+    # MGDA's d is the unique min-norm point of the convex hull: non-conflicting everywhere.
+    "mgda": Claims(non_conflicting="all", rtol=SOLVER),
+    "mgda_ub": Claims(non_conflicting="all", rtol=SOLVER),
+    # Random pair order (like PCGrad); cosines are scale-free, so d is linear in the scale.
+    "gradvac": RANDOMISED,
+    # Random drop masks; the sign purity is scale-free, so d is linear in the scale.
+    "graddrop": RANDOMISED,
+    # d = g0 + c‖g0‖ g_w/‖g_w‖ (then rescaled by a constant): degree 1.
+    "cagrad": Claims(rtol=SOLVER),
+    # Weights from unit gradients (scale-free), d = Jᵀα: degree 1.
+    "imtl_g": Claims(),
+    "imtl": Claims(rtol=SOLVER),
+    # G w = 1/w: under J → cJ, w → w/c, so d = Jᵀw has degree 0. J d = G w = 1/w > 0 needs a
+    # solution, which exists for linearly independent gradients (Navon et al., Claim 3.1).
+    "nash_mtl": Claims(degree=0.0, non_conflicting="independent", rtol=SOLVER),
+    # Ĵ = σ_min U Vᵀ scales with J: degree 1.
+    "aligned_mtl": Claims(rtol=SOLVER),
+    "aligned_mtl_ub": Claims(rtol=SOLVER),
+    # Projections onto the dual cone {d : J d ≥ 0}: non-conflicting for every J.
+    "upgrad": Claims(non_conflicting="all", rtol=SOLVER),
+    "dualproj": Claims(non_conflicting="all", rtol=SOLVER),
+    # ConFIG: the unit direction with equal cosines to every unit gradient exists when the
+    # gradients are independent; the norm Σ g_t·u scales with J.
+    "config": Claims(non_conflicting="independent", rtol=SOLVER),
+    # α-fair allocation G w = w^(-1/α): w → c^(-2α/(1+α)) w, so d has degree (1-α)/(1+α);
+    # J d = w^(-1/α) > 0 for independent gradients. Tested at α = 2: degree -1/3.
+    "fairgrad": Claims(hparams={"alpha": 2.0}, degree=-1.0 / 3.0,
+                       non_conflicting="independent", rtol=SOLVER),
+    # Weights are exponentiated excess risks, a non-linear function of the gradient scale.
+    "excess_mtl": Claims(degree=None, rtol=SOLVER),
+    # MoCo, SDMGrad, MoDo: fixed step sizes on the weights make them scale dependent.
+    "moco": Claims(degree=None, rtol=SOLVER),
+    "sdmgrad": Claims(degree=None, rtol=SOLVER),
+    "modo": Claims(degree=None, rtol=SOLVER),
+    # Unit-norm EMA gradients of the log losses, rescaled by the largest norm: degree 1.
+    "db_mtl": Claims(rtol=SOLVER),
+    # Selection by pairwise distances (scale-free ranking), then a mean of rows: degree 1.
+    # Each score sums the T - f - 2 nearest distances: T ≥ f + 3 (f = 0 by default).
+    "krum": Claims(min_tasks=3),
+    # Trims k = 1 largest and smallest values per coordinate: 2k < T.
+    "trimmed_mean": Claims(min_tasks=3),
+    # An EMA of the base method's weights (MGDA by default, whose weights are scale-free).
+    "cr_mogm": Claims(rtol=SOLVER),
+}

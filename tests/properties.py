@@ -1,0 +1,222 @@
+"""Shared inputs and asserts of the method tests: the zoo, a compiled runner, the properties.
+
+Each property is written once, here, with its definition in the docstring; the claims table
+(``tests/method_table.py``) says which method claims which property, and
+``tests/test_method_properties.py`` runs the table over the zoo.
+
+Every method runs through :func:`runner`: ``jax.jit`` of one ``init`` + ``apply`` on a single
+``[T, P]`` Jacobian, compiled once per (method, hyper-parameters, T, P, dtype) and shared by the
+property and fuzz tests, so the suite pays one compilation per shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from method_table import TABLE
+
+import mtljax
+from mtljax.methods import REGISTRY
+
+DTYPES = ("float32", "float64")
+# (T, P) of the zoo: every T of the brief at P = 17, and T > P at P = 4 (rank deficient by
+# shape). One compilation per shape and dtype per method keeps the suite inside its budget.
+SHAPES = ((1, 17), (2, 17), (3, 17), (5, 17), (5, 4))
+SCALES = (0.3, 7.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The zoo.
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One zoo input: a ``[T, P]`` Jacobian (float64 NumPy) and positive ``[T]`` losses."""
+
+    name: str
+    jac: np.ndarray
+    losses: np.ndarray
+    independent: bool  # the rows are linearly independent (up to roundoff)
+
+    @property
+    def num_tasks(self) -> int:
+        return self.jac.shape[0]
+
+    def __repr__(self) -> str:
+        return f"Member({self.name}, T={self.jac.shape[0]}, P={self.jac.shape[1]})"
+
+
+def _members(num_tasks: int, dim: int, seed: int) -> list[Member]:
+    rng = np.random.default_rng(seed)
+    gauss = rng.normal(size=(num_tasks, dim))
+    losses = rng.uniform(0.5, 2.0, size=num_tasks)
+    full_rank = num_tasks <= dim
+    out = [
+        Member("gauss", gauss, losses, full_rank),
+        Member("huge", 1e6 * gauss, losses, full_rank),
+        Member("tiny", 1e-6 * gauss, losses, full_rank),
+    ]
+    zero = gauss.copy()
+    zero[0] = 0.0
+    out.append(Member("zero_row", zero, losses, False))
+    if num_tasks >= 2:
+        rank = min(num_tasks - 1, 2)
+        low = rng.normal(size=(num_tasks, rank)) @ rng.normal(size=(rank, dim))
+        out.append(Member("low_rank", low, losses, False))
+        same = gauss.copy()
+        same[1] = same[0]
+        out.append(Member("identical", same, losses, False))
+        opposite = gauss.copy()
+        opposite[1] = -opposite[0]
+        out.append(Member("opposite", opposite, losses, False))
+    return out
+
+
+@functools.cache
+def zoo(num_tasks: int, dim: int) -> tuple[Member, ...]:
+    """The seeded zoo at one shape: Gaussian, huge (1e6), tiny (1e-6), a zero row, low rank,
+    two identical rows, two exactly opposite rows (the last three for T ≥ 2)."""
+    return tuple(_members(num_tasks, dim, seed=1000 * num_tasks + dim))
+
+
+def zoo_params():
+    """``pytest.param`` per (shape, member), ids like ``T3-P17-opposite``."""
+    return [
+        pytest.param(t, p, i, id=f"T{t}-P{p}-{m.name}")
+        for t, p in SHAPES
+        for i, m in enumerate(zoo(t, p))
+    ]
+
+
+def permutation(num_tasks: int) -> np.ndarray:
+    """A fixed permutation that moves every task when T ≥ 2 (a reversal then a roll)."""
+    return np.roll(np.arange(num_tasks)[::-1], 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and running methods.
+
+
+def build(name: str, num_tasks: int, **hparams) -> mtljax.Method:
+    """``mtljax.get_method``; skips the test while the method's module is not written yet.
+
+    Only a ``ModuleNotFoundError`` for exactly the method's own module skips: any other error
+    (a broken import inside a written module, a bad hyper-parameter) fails the test.
+    """
+    module = f"mtljax.methods.{REGISTRY[name].module}"
+    try:
+        return mtljax.get_method(name, num_tasks, **hparams)
+    except ModuleNotFoundError as err:
+        if err.name == module:
+            pytest.skip("module not written yet")
+        raise
+
+
+def extra_inputs(method: mtljax.Method, jac):
+    """Keyword inputs besides the losses: methods drawing several batches get extra Jacobians.
+
+    The extra batches' Jacobians are column rolls of ``J``: different directions, yet permuted
+    and scaled together with ``J``, so permutation and scaling claims stay testable.
+    """
+    if method.num_batches == 1:
+        return {}
+    return {
+        "extra_per_task_grads": tuple(jnp.roll(jac, i, axis=-1)
+                                      for i in range(1, method.num_batches))
+    }
+
+
+def _jit_apply(method: mtljax.Method):
+    @jax.jit
+    def run(jac, losses):
+        state = method.init(jnp.zeros(jac.shape[1:], jac.dtype))
+        out = method.apply(jac, state, jnp.zeros(jac.shape[1:], jac.dtype),
+                           task_losses=losses, **extra_inputs(method, jac))
+        return out.updates, out.weights
+
+    return run
+
+
+@functools.cache
+def runner(name: str, num_tasks: int, perm: tuple[int, ...] | None = None, overrides=()):
+    """The jitted ``(J, losses) -> (d, weights)`` of method ``name`` from its initial state.
+
+    Built with the table's hyper-parameters (task-axis ones permuted by ``perm``) updated by
+    ``overrides`` (a tuple of ``(name, value)`` pairs); cached, and jit caches per shape and
+    dtype, so each (method, shape, dtype) compiles once in the whole test session.
+    """
+    perm = None if perm is None else np.asarray(perm)
+    hparams = TABLE[name].build_hparams(num_tasks, perm) | dict(overrides)
+    return _jit_apply(build(name, num_tasks, **hparams))
+
+
+def run(fn, jac: np.ndarray, losses: np.ndarray, dtype: str):
+    """Calls a runner on NumPy inputs cast to ``dtype``; returns NumPy ``(d, weights)``."""
+    d, w = fn(jnp.asarray(jac, dtype), jnp.asarray(losses, dtype))
+    return d, (None if w is None else np.asarray(w))
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties.
+
+
+def natural_scale(jac: np.ndarray, degree: float | None) -> float:
+    """The size ``‖J‖^k`` an update of homogeneity degree k has (k = 1 when none is claimed).
+
+    ``‖J‖`` is the largest row norm; a zero Jacobian has scale 1.
+    """
+    norm = float(np.max(np.linalg.norm(jac, axis=1)))
+    if norm == 0.0:
+        return 1.0
+    return norm ** (1.0 if degree is None else degree)
+
+
+def assert_close(actual, expected, rtol: float, scale: float, what: str) -> None:
+    """``‖actual − expected‖∞ ≤ rtol · max(‖actual‖∞, ‖expected‖∞, scale)``."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    size = max(np.max(np.abs(actual), initial=0.0), np.max(np.abs(expected), initial=0.0), scale)
+    err = np.max(np.abs(actual - expected), initial=0.0)
+    assert err <= rtol * size, (
+        f"{what}: max error {err:.3g} > {rtol:.1e} × {size:.3g}\n"
+        f"actual   {actual}\nexpected {expected}"
+    )
+
+
+def assert_shape_and_finite(d, num_params: int, dtype: str) -> None:
+    """Shape and finiteness: ``d`` has shape ``[P]``, the input's dtype, and finite entries."""
+    assert d.shape == (num_params,), f"update shape {d.shape}, expected ({num_params},)"
+    assert d.dtype == jnp.dtype(dtype), f"update dtype {d.dtype}, input dtype {dtype}"
+    assert np.all(np.isfinite(np.asarray(d))), f"non-finite update {d}"
+
+
+def assert_non_conflicting(jac: np.ndarray, d, rtol: float, scale: float) -> None:
+    """Non-conflicting: ``g_t · d ≥ −rtol · ‖g_t‖ · max(‖d‖, s)`` for every task t.
+
+    ``s`` is the update's natural size (:func:`natural_scale`). Without it the bound would be
+    on the cosine of ``g_t`` and ``d``, which an iterative solver cannot meet when the exact
+    ``d`` is 0 (a Pareto-stationary J): its guarantee is ``J d ≥ ‖d‖² − gap · ‖J‖²``.
+    """
+    d = np.asarray(d, np.float64)
+    dots = jac @ d
+    bound = -rtol * np.linalg.norm(jac, axis=1) * max(np.linalg.norm(d), scale)
+    bad = np.flatnonzero(dots < bound)
+    assert bad.size == 0, (
+        f"update conflicts with tasks {bad.tolist()}: g_t·d = {dots[bad]}, bound {bound[bad]}"
+    )
+
+
+def assert_permutation_equivariant(d, d_perm, rtol: float, scale: float) -> None:
+    """Permutation equivariance: permuting the tasks (the rows of J, the losses and the
+    task-axis hyper-parameters alike) leaves ``d`` unchanged."""
+    assert_close(d_perm, d, rtol, scale, "d(P J) vs d(J)")
+
+
+def assert_homogeneous(d, d_scaled, c: float, degree: float, rtol: float, scale: float) -> None:
+    """Homogeneity of degree k: ``d(cJ) = c^k d(J)`` for ``c > 0``, losses held fixed."""
+    assert_close(d_scaled, c**degree * np.asarray(d, np.float64), rtol, c**degree * scale,
+                 f"d({c} J) vs {c}^{degree:g} d(J)")
