@@ -217,7 +217,8 @@ def make_train_step(
     def row_finite(tree):
         parts = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1) for x in
                  jax.tree.leaves(tree)]
-        return jnp.stack(parts).all(0)
+        # An empty tree (a model without task-specific parameters) has no bad rows.
+        return jnp.stack(parts).all(0) if parts else jnp.ones((num_tasks,), bool)
 
     def step(state: TrainState, batch) -> tuple[TrainState, dict]:
         params = state.params
@@ -227,6 +228,7 @@ def make_train_step(
                 f"Method {method.name!r} needs {method.num_batches} batches per step, "
                 f"got {len(batches)}."
             )
+        batch = batches[0]
         extra = {}
         enc_vjp = None
         if not use_jacobian:

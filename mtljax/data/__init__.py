@@ -1,7 +1,46 @@
-"""Datasets and host-side batching: MultiDigits, leakage-free splits, fixed-shape batches."""
+"""Datasets and host-side batching: fixed-shape batches, missing labels, multi-input tasks,
+task sampling, leakage-free splits, host sharding and local-directory loaders."""
 
+from mtljax.data.celeba import load_celeba
 from mtljax.data.loader import BatchIterator, eval_batches
+from mtljax.data.missing import (
+    LABEL_MASK,
+    fill_missing,
+    label_mask,
+    masked_task_losses,
+    with_label_masks,
+)
+from mtljax.data.multi_input import AlternatingIterator, MultiInputDataset, MultiInputIterator
 from mtljax.data.multidigits import load_multidigits
-from mtljax.data.splits import MultiTaskDataset, group_split
+from mtljax.data.office import load_office
+from mtljax.data.sampling import SCHEMES, TaskSampler, task_probabilities
+from mtljax.data.scenes import load_cityscapes, load_nyuv2
+from mtljax.data.sharding import device_batches, host_shard, host_slice
+from mtljax.data.splits import MultiTaskDataset, group_split, stratified_group_split
 
-__all__ = ["BatchIterator", "MultiTaskDataset", "eval_batches", "group_split", "load_multidigits"]
+__all__ = [
+    "LABEL_MASK",
+    "SCHEMES",
+    "AlternatingIterator",
+    "BatchIterator",
+    "MultiInputDataset",
+    "MultiInputIterator",
+    "MultiTaskDataset",
+    "TaskSampler",
+    "device_batches",
+    "eval_batches",
+    "fill_missing",
+    "group_split",
+    "host_shard",
+    "host_slice",
+    "label_mask",
+    "load_celeba",
+    "load_cityscapes",
+    "load_multidigits",
+    "load_nyuv2",
+    "load_office",
+    "masked_task_losses",
+    "stratified_group_split",
+    "task_probabilities",
+    "with_label_masks",
+]

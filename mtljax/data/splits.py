@@ -89,7 +89,10 @@ def group_split(
         strata[inverse] = labels
         if np.any(strata[inverse] != labels):
             bad = unique[np.unique(inverse[strata[inverse] != labels])]
-            raise ValueError(f"Each group must lie in one stratum; groups {bad[:5]} do not.")
+            raise ValueError(
+                f"Each group must lie in one stratum; groups {bad[:5]} do not (use "
+                "stratified_group_split for groups with mixed labels)."
+            )
     rng = np.random.default_rng(seed)
     assignment = np.empty(len(unique), np.int64)
     cuts = np.cumsum(values)
@@ -99,4 +102,66 @@ def group_split(
         for split, part in enumerate(np.split(members, bounds[:-1])):
             assignment[part] = split
     sample_split = assignment[inverse]
+    return {name: np.flatnonzero(sample_split == i) for i, name in enumerate(names)}
+
+
+def stratified_group_split(
+    groups: np.ndarray,
+    labels: np.ndarray,
+    fractions: Mapping[str, float],
+    *,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Splits samples with whole groups per split and each label's share close to ``fractions``.
+
+    Unlike :func:`group_split` with ``stratify``, a group may mix labels (a patient with
+    healthy and diseased scans, a scene with several classes). Groups are placed greedily,
+    largest first (ties in a seeded random order): with ``c_l`` the group's count of label
+    ``l``, ``a_sl`` the count already in split ``s``, ``t_sl = f_s · n_l`` the target and
+    ``n_l`` the total of label ``l``, the group joins the split that least increases the
+    label-balanced squared error ``Σ_l ((a_sl + c_l − t_sl)² − (a_sl − t_sl)²) / n_l``. Each
+    split's count of every label is thus within about one group of its target.
+
+    Args:
+      groups: ``[N]`` group id of each sample.
+      labels: ``[N]`` discrete label of each sample (any sortable dtype).
+      fractions: ``{split name: fraction}``, non-negative, summing to 1.
+      seed: breaks ties between equally large groups.
+
+    Returns:
+      ``{split name: sorted sample indices}``; the splits partition ``range(N)``.
+
+    Example:
+      >>> parts = stratified_group_split(np.array([0, 0, 1, 1, 2, 3]),
+      ...                                np.array([0, 1, 0, 1, 0, 1]), {"a": 0.5, "b": 0.5}, seed=0)
+      >>> sorted(len(p) for p in parts.values())
+      [2, 4]
+    """
+    groups, labels = np.asarray(groups), np.asarray(labels)
+    if groups.ndim != 1 or labels.shape != groups.shape:
+        raise ValueError(
+            f"groups and labels must be one-dimensional of one length, got {groups.shape} "
+            f"and {labels.shape}."
+        )
+    names = list(fractions)
+    values = np.array([fractions[n] for n in names], dtype=np.float64)
+    if not names or np.any(values < 0) or not np.isclose(values.sum(), 1.0):
+        raise ValueError(f"fractions must be non-negative and sum to 1, got {dict(fractions)}.")
+    _, group_of = np.unique(groups, return_inverse=True)
+    _, label_of = np.unique(labels, return_inverse=True)
+    counts = np.zeros((group_of.max(initial=-1) + 1, label_of.max(initial=-1) + 1), np.float64)
+    np.add.at(counts, (group_of, label_of), 1.0)
+    totals = counts.sum(axis=0)
+    targets = values[:, None] * totals[None, :]  # [S, L]
+    current = np.zeros_like(targets)
+    shuffled = np.random.default_rng(seed).permutation(len(counts))
+    order = shuffled[np.argsort(-counts[shuffled].sum(axis=1), kind="stable")]
+    assignment = np.empty(len(counts), np.int64)
+    for g in order:
+        c = counts[g]
+        cost = ((c * (c + 2.0 * (current - targets))) / np.maximum(totals, 1.0)).sum(axis=1)
+        split = int(np.argmin(cost))
+        assignment[g] = split
+        current[split] += c
+    sample_split = assignment[group_of]
     return {name: np.flatnonzero(sample_split == i) for i, name in enumerate(names)}
