@@ -55,8 +55,8 @@ def test_every_method_reduces_every_loss(name):
     def batches():
         if method.num_batches == 1:
             return batch
-        return tuple(jax.tree.map(lambda x, i=rng.integers(0, size, size): x[i], batch)
-                     for _ in range(method.num_batches))
+        picks = [rng.integers(0, size, size) for _ in range(method.num_batches)]
+        return tuple(jax.tree.map(lambda x, i=i: x[i], batch) for i in picks)
 
     state, first = step(state, batches())
     for _ in range(40):
