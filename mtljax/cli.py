@@ -5,7 +5,13 @@
     mtljax methods                                   # every method: kind, level, summary, paper
     mtljax run multidigits --workdir runs/md --set method=cagrad --set method_kw.c=0.4
     mtljax run path/to/config.py:ARG --workdir DIR  # any file with get_config(arg=None)
+    mtljax run multidigits --workdir runs/md --set checkpoint_every=100 --resume  # restartable
     mtljax plot runs/md                              # PNG plots of a run's metrics.jsonl
+    mtljax sweep multidigits --methods ew,pcgrad --seeds 0,1,2 --workdir runs/sweep
+    mtljax report runs/sweep --plots                 # mean ± std, Δm%, Δp, rank; pareto.png
+
+``sweep`` and ``report`` are described in :mod:`mtljax.sweep`, :mod:`mtljax.report` and
+docs/workflow.md.
 
 A config is a module of ``experiments/configs`` (by name) or a Python file, whose
 ``get_config(arg=None)`` returns a :class:`~mtljax.runner.RunConfig` or a dict of its fields;
@@ -13,6 +19,10 @@ A config is a module of ``experiments/configs`` (by name) or a Python file, whos
 sets one key of a dict field); values are parsed as JSON when they are valid JSON
 (``steps=100``, ``hidden=[64,64]``, ``tasks=["left"]``, ``level=null``) and kept as strings
 otherwise (``method=cagrad``).
+
+A config may instead return a built-in benchmark (:mod:`mtljax.benchmarks`, e.g. ``mtljax run
+toy2d --workdir DIR``): ``--set`` then overrides the benchmark's fields, which runs itself,
+prints its result table and writes ``summary.json`` to the workdir.
 """
 
 from __future__ import annotations
@@ -91,7 +101,9 @@ def load_config(spec: str):
             ) from None
     if not hasattr(module, "get_config"):
         raise ValueError(f"Config {name!r} has no get_config(arg=None) function.")
-    return as_config(module.get_config(arg or None))
+    config = module.get_config(arg or None)
+    # A built-in benchmark (mtljax.benchmarks) runs itself: returned as is.
+    return config if hasattr(config, "run") and hasattr(config, "table") else as_config(config)
 
 
 def methods_table() -> str:
@@ -131,15 +143,71 @@ def _cmd_run(args) -> int:
 
     config = load_config(args.config)
     overrides = parse_overrides(args.set or [])
+    if hasattr(config, "run"):
+        benchmark = config.replace(overrides)
+        print(benchmark.table(benchmark.run(args.workdir)))
+        if args.workdir:
+            print(f"summary: {Path(args.workdir) / 'summary.json'}")
+        return 0
     if args.workdir:
         overrides["workdir"] = args.workdir
     config = config.replace(overrides)
-    summary = run(config)
+    summary = run(config, resume=args.resume)
     print(results_table(summary))
     print(
         f"best step {summary['best_step']} · {summary['steps_per_s']:.1f} steps/s · "
         f"{summary['wall_time_s']:.1f} s wall" + (f" · {config.workdir}" if config.workdir else "")
     )
+    return 0
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} expects comma-separated integers, got {text!r}.") from None
+
+
+def _cmd_sweep(args) -> int:
+    from mtljax.sweep import parse_grid, parse_shard, sweep
+
+    config = load_config(args.config)
+    if hasattr(config, "run"):
+        raise ValueError(f"{args.config!r} is a benchmark; mtljax sweep runs RunConfig configs.")
+    config = config.replace(parse_overrides(args.set or []))
+    result = sweep(
+        config,
+        methods=args.methods.split(",") if args.methods else [config.method],
+        seeds=_int_list(args.seeds, "--seeds") if args.seeds else [config.seed],
+        workdir=args.workdir,
+        grid=parse_grid(args.grid or []),
+        random=args.random,
+        random_seed=args.random_seed,
+        stl=args.stl,
+        shard_spec=parse_shard(args.shard),
+        dry_run=args.dry_run,
+    )
+    if not args.dry_run:
+        print(
+            f"ran {len(result.ran)}, skipped {len(result.skipped)} (complete), "
+            f"failed {len(result.failed)}"
+            + (f": {', '.join(result.failed)}" if result.failed else "")
+        )
+    return 1 if result.failed else 0
+
+
+def _cmd_report(args) -> int:
+    from mtljax.report import build_report, to_csv, to_markdown, write_plots
+
+    report = build_report(args.dirs)
+    text = to_markdown(report) + "\n" if args.format == "md" else to_csv(report)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    if args.plots:
+        for path in write_plots(report, args.dirs[0]):
+            print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -161,7 +229,46 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a config field; repeatable"
     )
+    run_parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --workdir (see --set checkpoint_every=N)",
+    )
     run_parser.set_defaults(fn=_cmd_run)
+    sweep_parser = sub.add_parser(
+        "sweep", help="methods x grid x seeds (+ single-task baselines), resumable, shardable"
+    )
+    sweep_parser.add_argument("config", help="NAME[:ARG] under experiments/configs, or a .py path")
+    sweep_parser.add_argument("--workdir", required=True, help="sweep folder")
+    sweep_parser.add_argument("--methods", help="comma-separated names (default: the config's)")
+    sweep_parser.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
+    sweep_parser.add_argument(
+        "--grid", action="append", metavar="KEY=V1,V2", help="values of a config key; repeatable"
+    )
+    sweep_parser.add_argument("--random", type=int, help="N random grid points, not all")
+    sweep_parser.add_argument("--random-seed", type=int, default=0, help="seed of --random")
+    sweep_parser.add_argument("--shard", default="0/1", help="i/n: run runs i, i+n, ... only")
+    sweep_parser.add_argument(
+        "--stl",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="single-task baseline runs per task and seed (for Δm%%; default on)",
+    )
+    sweep_parser.add_argument(
+        "--dry-run", action="store_true", help="list the runs and their status, train nothing"
+    )
+    sweep_parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config field; repeatable"
+    )
+    sweep_parser.set_defaults(fn=_cmd_sweep)
+    report_parser = sub.add_parser("report", help="table over runs: mean ± std, Δm%%, rank")
+    report_parser.add_argument("dirs", nargs="+", help="folders holding summary.json files")
+    report_parser.add_argument("--format", choices=("md", "csv"), default="md")
+    report_parser.add_argument("--out", help="write the table to this file (default: stdout)")
+    report_parser.add_argument(
+        "--plots", action="store_true", help="also write the Pareto plot into the first folder"
+    )
+    report_parser.set_defaults(fn=_cmd_report)
     plot_parser = sub.add_parser("plot", help="plot a run's metrics.jsonl")
     plot_parser.add_argument("workdir")
     plot_parser.set_defaults(fn=_cmd_plot)

@@ -9,6 +9,14 @@ pytree, so optax, ``jax.vjp`` and the methods take it as is).
 The parameters under a path containing ``"shared"`` (the :class:`~mtljax.models.HardSharing`
 trunk) are the shared ones; every other ``nnx.Param`` is task-specific.
 
+The model protocol read by :func:`model_loss` (docs/architectures.md):
+
+* ``encode(x)`` / ``decode(rep)``: a single shared representation, so the representation
+  level works; ``decode(rep, x)`` when the class sets ``decode_reads_input = True`` (gates on
+  the input, as in MMoE). Models without ``encode`` run their whole forward pass in ``decode``
+  and support the parameter level only (:func:`check_level`).
+* ``task_penalties() -> {task: scalar}``: added to each task's loss (soft sharing's penalty).
+
 Example:
   >>> from flax import nnx
   >>> from mtljax.models import MLP, HardSharing
@@ -64,6 +72,21 @@ def merge_params(graphdef: nnx.GraphDef, params: dict[str, nnx.State], rest: nnx
     return nnx.merge(graphdef, params["shared"], params["heads"], rest)
 
 
+def has_representation(model: nnx.Module) -> bool:
+    """Whether ``model`` has an ``encode``/``decode`` split (one shared representation)."""
+    return callable(getattr(model, "encode", None))
+
+
+def check_level(model: nnx.Module, level: str | None) -> None:
+    """Raises a clear ``ValueError`` when ``level="representation"`` is asked of a model
+    without a single shared representation (no ``encode``)."""
+    if level == "representation" and not has_representation(model):
+        raise ValueError(
+            f"{type(model).__name__} has no single shared representation (no encode/decode "
+            'split): train it at level="parameters" (see docs/architectures.md).'
+        )
+
+
 def model_loss(
     graphdef: nnx.GraphDef,
     rest: nnx.State,
@@ -71,10 +94,16 @@ def model_loss(
     *,
     input_key: str = "x",
 ) -> MultiTaskLoss:
-    """The :class:`~mtljax.MultiTaskLoss` of a model with ``encode`` and ``decode`` methods.
+    """The :class:`~mtljax.MultiTaskLoss` of a model (see the module docstring's protocol).
 
     ``encode(params, batch) = model.encode(batch[input_key])`` and ``decode(params, rep, batch)
-    = task_losses_fn(model.decode(rep), batch)``, with the model merged from ``params`` in each.
+    = task_losses_fn(model.decode(rep), batch)``, with the model merged from ``params`` in each;
+    ``model.decode(rep, x)`` for models with ``decode_reads_input``. A model without ``encode``
+    gives ``encode = None`` and ``decode = task_losses_fn(model(x), batch)``: parameter level
+    only (the train step refuses the representation level; :func:`check_level` says why).
+    A model's ``task_penalties()`` are added to the task losses, so the logged losses include
+    them; they should depend on shared parameters only through ``decode`` at the parameter
+    level (the representation level does not differentiate ``decode`` w.r.t. ``shared``).
 
     Args:
       graphdef, rest: from :func:`split_params`.
@@ -83,14 +112,27 @@ def model_loss(
       input_key: the batch entry fed to the model.
 
     Returns:
-      The pure functions of the train step, for both the parameter and representation level.
+      The pure functions of the train step.
     """
 
     def encode(params, batch):
-        return merge_params(graphdef, params, rest).encode(batch[input_key])
+        model = merge_params(graphdef, params, rest)
+        return model.encode(batch[input_key]) if has_representation(model) else None
 
     def decode(params, rep, batch):
-        return task_losses_fn(merge_params(graphdef, params, rest).decode(rep), batch)
+        model = merge_params(graphdef, params, rest)
+        x = batch[input_key]
+        if not has_representation(model):
+            outputs = model(x)
+        elif getattr(model, "decode_reads_input", False):
+            outputs = model.decode(rep, x)
+        else:
+            outputs = model.decode(rep)
+        losses, aux = task_losses_fn(outputs, batch)
+        if callable(getattr(model, "task_penalties", None)):
+            penalties = model.task_penalties()
+            losses = {name: value + penalties[name] for name, value in losses.items()}
+        return losses, aux
 
     return MultiTaskLoss(encode, decode)
 

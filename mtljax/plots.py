@@ -1,9 +1,13 @@
 """Plots of a run's ``metrics.jsonl`` (matplotlib, optional: ``pip install mtljax[plots]``).
 
 One function per plot, each taking the records of :func:`mtljax.metrics_log.read_jsonl` and
-returning a matplotlib ``Figure``; :func:`plot_run` writes all of them as PNG files next to the
-log, and :func:`plot_comparison` overlays several runs. Figures are built with the
-object-oriented API (no ``pyplot``), so no GUI backend is touched: PNGs are rendered by Agg.
+returning a matplotlib ``Figure``; :func:`plot_run` (``mtljax plot RUN_DIR``) writes all of them
+as PNG files next to the log: losses, validation metrics, task weights, the gradient conflict
+rate, the mean cosine matrix and the cosine of every task pair over time.
+:func:`plot_comparison` overlays several runs, and :func:`plot_pareto` (``mtljax report
+--plots``) places the final results of several methods with their Pareto front. Figures are
+built with the object-oriented API (no ``pyplot``), so no GUI backend is touched: PNGs are
+rendered by Agg.
 """
 
 from __future__ import annotations
@@ -124,12 +128,122 @@ def plot_cosine(records: Sequence[dict], *, last: int | None = None):
     return fig
 
 
+def plot_cosine_time(records: Sequence[dict]):
+    """Heatmap of the gradient cosine of every task pair (rows) against the step (columns)."""
+    rows = [r for r in records if "cosine" in r]
+    fig, axes = _figure(size=(6.0, 3.5))
+    ax = axes[0, 0]
+    if rows:
+        tasks = list(rows[0]["losses"])
+        cos = np.array(
+            [[np.nan if v is None else v for v in row] for r in rows for row in r["cosine"]], float
+        ).reshape(len(rows), len(tasks), len(tasks))
+        upper = np.triu_indices(len(tasks), k=1)
+        pairs = cos[:, upper[0], upper[1]].T  # [pairs, diagnostics steps]
+        steps = np.array([r["step"] for r in rows], float)
+        # Diagnostics steps need not be evenly spaced (step 1, then every N): cells span the
+        # midpoints between them.
+        gaps = np.diff(steps) if len(steps) > 1 else np.ones(1)
+        edges = np.concatenate(
+            [[steps[0] - gaps[0] / 2], steps[:-1] + gaps / 2, [steps[-1] + gaps[-1] / 2]]
+        )
+        image = ax.pcolormesh(
+            edges, np.arange(len(pairs) + 1) - 0.5, pairs, vmin=-1, vmax=1, cmap="coolwarm"
+        )
+        labels = [f"{tasks[i]}·{tasks[j]}" for i, j in zip(*upper, strict=True)]
+        ax.set_yticks(range(len(labels)), labels)
+        ax.invert_yaxis()
+        fig.colorbar(image, ax=ax, label="cosine")
+    ax.set(xlabel="step", title="Gradient cosine per task pair over time")
+    return fig
+
+
+def plot_pareto(
+    runs: Mapping[str, np.ndarray],
+    objectives: Sequence[str],
+    higher_is_better: Sequence[bool],
+    *,
+    front: Mapping[str, bool] | None = None,
+    reference: np.ndarray | None = None,
+):
+    """Final per-task results of several methods, with their Pareto front.
+
+    Two objectives: a scatter, one colour per method; small dots are seeds, the large marker
+    with error bars the mean ± std (a diamond on the front, a circle off it), and a dashed
+    line joins the means on the front. More
+    objectives: parallel coordinates, one axis per objective scaled to ``[0, 1]`` over the
+    plotted means and flipped where lower is better (so up is always better); methods on the
+    front are solid lines, dominated ones dashed.
+
+    Args:
+      runs: ``{method: [seeds, objectives]}`` values.
+      objectives: the axis names (e.g. ``"left accuracy"``).
+      higher_is_better: the direction of each objective.
+      front: ``{method: on the Pareto front}`` (see :func:`mtljax.report.pareto_mask`).
+      reference: ``[objectives]`` values drawn as a black star (e.g. single-task baselines).
+    """
+    front = front or {}
+    means = {label: np.nanmean(np.asarray(v, float), axis=0) for label, v in runs.items()}
+    if len(objectives) == 2:
+        fig, axes = _figure(size=(5.5, 4.5))
+        ax = axes[0, 0]
+        for index, (label, values) in enumerate(runs.items()):
+            values = np.asarray(values, float)
+            color = f"C{index % 10}"
+            ax.scatter(values[:, 0], values[:, 1], s=12, alpha=0.4, color=color)
+            std = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else None
+            ax.errorbar(
+                *means[label],
+                xerr=None if std is None else std[0],
+                yerr=None if std is None else std[1],
+                fmt="D" if front.get(label) else "o",
+                markersize=8 if front.get(label) else 6,
+                color=color,
+                label=label + (" (front)" if front.get(label) else ""),
+            )
+        on_front = sorted(tuple(means[label]) for label in runs if front.get(label))
+        if len(on_front) > 1:
+            ax.plot(*np.array(on_front).T, "k--", linewidth=0.8)
+        if reference is not None:
+            ax.plot(*reference, "k*", markersize=12, label="STL")
+        ax.set(xlabel=objectives[0], ylabel=objectives[1], title="Final test results")
+        ax.legend(fontsize=8)
+        return fig
+    fig, axes = _figure(size=(max(5.0, 1.4 * len(objectives)), 4.0))
+    ax = axes[0, 0]
+    table = np.array(list(means.values()) + ([reference] if reference is not None else []))
+    low, high = np.nanmin(table, axis=0), np.nanmax(table, axis=0)
+    span = np.where(high > low, high - low, 1.0)
+
+    def scaled(values):
+        unit = (values - low) / span
+        return np.where(np.asarray(higher_is_better, bool), unit, 1.0 - unit)
+
+    x = np.arange(len(objectives))
+    for index, (label, mean) in enumerate(means.items()):
+        ax.plot(
+            x,
+            scaled(mean),
+            "-" if front.get(label) else "--",
+            marker="o",
+            color=f"C{index % 10}",
+            label=label + (" (front)" if front.get(label) else ""),
+        )
+    if reference is not None:
+        ax.plot(x, scaled(reference), "k:", marker="*", label="STL")
+    ax.set_xticks(x, objectives, rotation=30, ha="right")
+    ax.set(ylabel="scaled, up is better", title="Final test results (parallel coordinates)")
+    ax.legend(fontsize=8)
+    return fig
+
+
 PLOTS = {
     "losses": plot_losses,
     "val_metrics": plot_val_metrics,
     "weights": plot_weights,
     "conflict": plot_conflict,
     "cosine": plot_cosine,
+    "cosine_time": plot_cosine_time,
 }
 
 
@@ -148,6 +262,7 @@ def plot_run(workdir: str | os.PathLike) -> list[str]:
         ),
         "conflict": any("conflict_fraction" in r for r in records),
         "cosine": any("cosine" in r for r in records),
+        "cosine_time": any("cosine" in r for r in records),
     }
     paths = []
     for name, plot in PLOTS.items():

@@ -23,6 +23,11 @@ Non-finite losses or gradients: the step flags the task(s) in ``metrics["nonfini
 ``nonfinite="raise"`` the update is skipped and :func:`run` raises a ``RuntimeError`` naming
 the step and task(s) at the next log flush (at most ``log_every`` steps later); with ``"skip"``
 or ``"zero"`` the event is logged to ``metrics.jsonl`` and counted in the summary.
+
+Checkpoints: with ``checkpoint_every = N`` the full run state goes to ``workdir/checkpoints``
+every N steps and after the last (:mod:`mtljax.checkpoint`); ``run(..., resume=True)`` (``mtljax
+run ... --resume``) continues from the latest one, truncating ``metrics.jsonl`` back to its step,
+and ends with the same parameters and metrics as an uninterrupted run (docs/checkpoints.md).
 """
 
 from __future__ import annotations
@@ -44,10 +49,11 @@ import optax
 from flax import nnx
 
 from mtljax import objectives
+from mtljax.checkpoint import Checkpointer, truncate_jsonl
 from mtljax.methods import get_method
 from mtljax.metrics_log import JsonlWriter, to_json
-from mtljax.models import MLP, HardSharing, SmallCNN
-from mtljax.nnx_bridge import model_loss, model_predict, split_params
+from mtljax.models.registry import ARCHITECTURES, build_architecture
+from mtljax.nnx_bridge import check_level, model_loss, model_predict, split_params
 from mtljax.tasks import Metric, Task, Tasks
 from mtljax.train import NONFINITE_POLICIES, init_train_state, make_train_step
 
@@ -55,7 +61,7 @@ from mtljax.train import NONFINITE_POLICIES, init_train_state, make_train_step
 DATASETS: dict[str, tuple[str, str]] = {
     "multidigits": ("mtljax.data.multidigits", "load_multidigits"),
 }
-MODELS = ("mlp", "cnn")
+MODELS = tuple(ARCHITECTURES)
 OPTIMIZERS = ("adam", "sgd")
 # Evaluation metrics of classification tasks, by the name a Task's Metric declares.
 EVAL_METRICS: dict[str, Callable] = {
@@ -73,8 +79,11 @@ class RunConfig:
       dataset: a name in :data:`DATASETS`.
       dataset_kw: keyword arguments of the dataset loader (besides ``seed``).
       data_seed: the dataset's seed (splits, composition); fixed across compared runs.
-      model: ``"mlp"`` (:class:`~mtljax.models.MLP` trunk) or ``"cnn"``
-        (:class:`~mtljax.models.SmallCNN`).
+      model: an architecture in :data:`MODELS`: ``"mlp"``, ``"cnn"`` and ``"resnet"`` are hard
+        sharing on that trunk; ``"soft_sharing"``, ``"cross_stitch"``, ``"mmoe"``,
+        ``"dselect_k"``, ``"cgc"``, ``"ple"``, ``"mtan"`` and ``"cascade"`` the multi-task
+        architectures of docs/architectures.md. ``model_kw`` holds its options
+        (:func:`mtljax.models.registry.build_architecture`).
       hidden: the MLP's hidden widths.
       cnn_features, cnn_out: the CNN's convolution channels and output width.
       method: a registry name (``mtljax methods``); ``method_kw`` its hyper-parameters.
@@ -90,12 +99,16 @@ class RunConfig:
       nonfinite: ``"raise"``, ``"skip"`` or ``"zero"`` (see the module docstring).
       level: ``"parameters"``, ``"representation"`` or ``None`` for the method's own.
       workdir: where the outputs go; ``None`` writes nothing.
+      checkpoint_every: a checkpoint every this many steps and after the last; 0 for none
+        (needs a ``workdir``).
+      keep_checkpoints: how many of the latest checkpoints to keep.
     """
 
     dataset: str = "multidigits"
     dataset_kw: dict = dataclasses.field(default_factory=dict)
     data_seed: int = 0
     model: str = "mlp"
+    model_kw: dict = dataclasses.field(default_factory=dict)
     hidden: tuple[int, ...] = (128, 128)
     cnn_features: tuple[int, ...] = (16, 32)
     cnn_out: int = 64
@@ -114,6 +127,8 @@ class RunConfig:
     nonfinite: str = "raise"
     level: str | None = None
     workdir: str | None = None
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 3
 
     def __post_init__(self):
         for name in ("hidden", "cnn_features", "tasks"):
@@ -132,15 +147,17 @@ class RunConfig:
             raise ValueError(
                 f"nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}."
             )
-        for name in ("steps", "batch_size", "eval_every", "eval_batch_size", "log_every"):
+        names = ("steps", "batch_size", "eval_every", "eval_batch_size", "log_every")
+        for name in (*names, "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
-        if int(self.diagnostics_every) < 0:
-            raise ValueError(f"diagnostics_every must be >= 0, got {self.diagnostics_every}.")
+        for name in ("diagnostics_every", "checkpoint_every"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}.")
-        if not isinstance(self.method_kw, dict) or not isinstance(self.dataset_kw, dict):
-            raise ValueError("method_kw and dataset_kw must be dicts.")
+        if not all(isinstance(d, dict) for d in (self.method_kw, self.dataset_kw, self.model_kw)):
+            raise ValueError("method_kw, dataset_kw and model_kw must be dicts.")
 
     def replace(self, overrides: Mapping[str, Any]) -> RunConfig:
         """A copy with ``overrides`` applied; ``"method_kw.c"`` sets a key of a dict field.
@@ -197,15 +214,17 @@ def _task_metrics(task: Task) -> tuple[Metric, ...]:
 
 
 def build_model(config: RunConfig, input_shape: Sequence[int], head_dims: Mapping[str, int]):
-    """The hard-sharing NNX model of ``config``."""
-    rngs = nnx.Rngs(config.seed)
-    if config.model == "mlp":
-        trunk = MLP(math.prod(input_shape), config.hidden, rngs=rngs)
-    else:
-        trunk = SmallCNN(
-            input_shape[-1], features=config.cnn_features, out_features=config.cnn_out, rngs=rngs
-        )
-    return HardSharing(trunk, head_dims, rngs=rngs)
+    """The NNX model ``config.model`` with the options ``config.model_kw``."""
+    return build_architecture(
+        config.model,
+        input_shape,
+        head_dims,
+        hidden=config.hidden,
+        cnn_features=config.cnn_features,
+        cnn_out=config.cnn_out,
+        rngs=nnx.Rngs(config.seed),
+        **config.model_kw,
+    )
 
 
 def build_optimizer(config: RunConfig) -> optax.GradientTransformation:
@@ -250,6 +269,26 @@ def selection_score(metrics: Mapping[str, Mapping[str, float]], tasks: Tasks) ->
     return float(np.mean(scores))
 
 
+# Config fields a resumed run may change: they do not alter the steps already taken.
+RESUMABLE_FIELDS = ("steps", "workdir", "checkpoint_every", "keep_checkpoints")
+
+
+def _check_resumable(saved: Mapping[str, Any], config: RunConfig) -> None:
+    current = to_json(dataclasses.asdict(config))
+    # A field added since the checkpoint was written counts as saved with its default.
+    saved = {**to_json(dataclasses.asdict(RunConfig())), **saved}
+    changed = sorted(
+        k
+        for k in current.keys() | saved.keys()
+        if k not in RESUMABLE_FIELDS and current.get(k) != saved.get(k)
+    )
+    if changed:
+        raise ValueError(
+            f"The checkpoint was saved with a different config (fields {changed}); only "
+            f"{list(RESUMABLE_FIELDS)} may change on resume."
+        )
+
+
 def _show_progress() -> bool:
     return not os.environ.get("CI") and sys.stderr.isatty()
 
@@ -288,7 +327,13 @@ def _step_record(step: int, metrics: Mapping[str, Any], tasks: Tasks) -> dict:
     return record
 
 
-def run(config: RunConfig | Mapping[str, Any], *, data=None, progress: bool | None = None) -> dict:
+def run(
+    config: RunConfig | Mapping[str, Any],
+    *,
+    data=None,
+    progress: bool | None = None,
+    resume: bool = False,
+) -> dict:
     """Trains and evaluates one configuration; see the module docstring.
 
     Args:
@@ -296,19 +341,27 @@ def run(config: RunConfig | Mapping[str, Any], *, data=None, progress: bool | No
       data: the dataset, already loaded with :func:`load_dataset` for this config (saves
         reloading it when several runs share it); loaded from the config by default.
       progress: show a tqdm bar; by default only on a terminal and when ``CI`` is unset.
+      resume: continue from the latest checkpoint in ``workdir/checkpoints`` (from scratch
+        when there is none); the config may differ from the saved one only in
+        :data:`RESUMABLE_FIELDS`.
 
     Returns:
       The summary (also written to ``workdir/summary.json``): ``config``, ``tasks``,
       ``higher_is_better`` (``{task: {metric: bool}}``, for :func:`mtljax.evaluation.delta_m`),
       ``val`` and ``test`` (``{task: {metric: value}}`` at ``best_step``), ``final_val``,
       ``nonfinite_steps``, ``wall_time_s``, ``train_time_s`` (the training loop without
-      evaluation, compilation included) and ``steps_per_s`` (``steps / train_time_s``).
+      evaluation, compilation included), ``steps_per_s`` (steps run by this call over
+      ``train_time_s``) and ``resumed_from`` (the checkpoint's step, 0 for a fresh run).
 
     Raises:
       RuntimeError: a non-finite loss or gradient under ``nonfinite="raise"``, naming the
         step and the task(s).
+      ValueError: ``checkpoint_every`` or ``resume`` without a ``workdir``; a checkpoint
+        saved with a different config.
     """
     config = as_config(config)
+    if (config.checkpoint_every or resume) and not config.workdir:
+        raise ValueError("checkpoint_every and resume need a workdir.")
     start = time.perf_counter()
     from mtljax.data.loader import BatchIterator
 
@@ -324,6 +377,7 @@ def run(config: RunConfig | Mapping[str, Any], *, data=None, progress: bool | No
 
     loss = model_loss(graphdef, rest, task_losses_fn)
     method = get_method(config.method, len(tasks), **config.method_kw)
+    check_level(model, config.level or method.level)
     optimizer = build_optimizer(config)
     # The step donates its state: give every leaf its own buffer (an init may use one array for
     # two fields, and XLA refuses to donate a buffer twice).
@@ -348,13 +402,47 @@ def run(config: RunConfig | Mapping[str, Any], *, data=None, progress: bool | No
     splits = {name: {k: data.splits[name][k] for k in keep} for name in ("train", "val", "test")}
     batches = BatchIterator(splits["train"], config.batch_size, seed=config.seed)
 
-    writer = JsonlWriter(os.path.join(config.workdir, "metrics.jsonl")) if config.workdir else None
-    bar = _progress_bar(config.steps, config.method, progress)
     best = {"score": -math.inf, "step": 0, "params": None, "val": None}
     pending: list[tuple[int, Any]] = []
     nonfinite_steps = 0
     eval_time = 0.0
     last_val = None
+    resumed_from = 0
+    checkpoints = None
+    if config.checkpoint_every or resume:
+        checkpoints = Checkpointer(
+            os.path.join(config.workdir, "checkpoints"), keep=config.keep_checkpoints
+        )
+    if resume and checkpoints.latest_step() is not None:
+        arrays, saved = checkpoints.restore({"train_state": state, "best_params": state.params})
+        _check_resumable(saved["config"], config)
+        state, resumed_from = arrays["train_state"], int(saved["step"])
+        batches.restore(saved["iterator"])
+        best_params = jax.device_get(arrays["best_params"]) if saved["has_best"] else None
+        best.update(saved["best"], params=best_params)
+        nonfinite_steps, last_val = saved["nonfinite_steps"], saved["last_val"]
+
+    def save_checkpoint(step):
+        has_best = best["params"] is not None
+        meta = {
+            "step": step,
+            "config": to_json(dataclasses.asdict(config)),
+            "iterator": batches.state(),
+            "best": {"score": best["score"], "step": best["step"], "val": best["val"]},
+            "has_best": has_best,
+            "nonfinite_steps": nonfinite_steps,
+            "last_val": last_val,
+        }
+        arrays = {"train_state": state, "best_params": best["params"] if has_best else state.params}
+        checkpoints.save(step, arrays, meta)
+
+    metrics_path = os.path.join(config.workdir, "metrics.jsonl") if config.workdir else None
+    if resumed_from:
+        truncate_jsonl(metrics_path, resumed_from)
+    writer = JsonlWriter(metrics_path, append=bool(resumed_from)) if metrics_path else None
+    bar = _progress_bar(config.steps, config.method, progress)
+    if bar is not None:
+        bar.update(resumed_from)
 
     def flush():
         nonlocal nonfinite_steps
@@ -391,7 +479,7 @@ def run(config: RunConfig | Mapping[str, Any], *, data=None, progress: bool | No
 
     loop_start = time.perf_counter()
     try:
-        for step in range(1, config.steps + 1):
+        for step in range(resumed_from + 1, config.steps + 1):
             batch = (
                 next(batches)
                 if method.num_batches == 1
@@ -405,6 +493,10 @@ def run(config: RunConfig | Mapping[str, Any], *, data=None, progress: bool | No
             if step % config.eval_every == 0 or step == config.steps:
                 flush()
                 validate(step)
+            every = config.checkpoint_every
+            if every and (step % every == 0 or step == config.steps):
+                flush()
+                save_checkpoint(step)
             if bar is not None:
                 bar.update(1)
     finally:
@@ -429,7 +521,8 @@ def run(config: RunConfig | Mapping[str, Any], *, data=None, progress: bool | No
         "nonfinite_steps": nonfinite_steps,
         "wall_time_s": wall,
         "train_time_s": train_time,
-        "steps_per_s": config.steps / train_time,
+        "steps_per_s": (config.steps - resumed_from) / train_time,
+        "resumed_from": resumed_from,
     }
     if config.workdir:
         with open(os.path.join(config.workdir, "summary.json"), "w", encoding="utf-8") as f:

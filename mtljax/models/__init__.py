@@ -1,7 +1,38 @@
-"""Flax NNX models: trunks (:class:`MLP`, :class:`SmallCNN`) and :class:`HardSharing`."""
+"""Flax NNX models: trunks and multi-task architectures (see docs/architectures.md).
 
+Trunks map inputs to ``[B, D]``: :class:`MLP`, :class:`SmallCNN`, :class:`ResNet`,
+:class:`SequenceEncoder`. Architectures map inputs to ``{task: outputs}`` and keep their shared
+parameters under a path element ``shared`` (:func:`mtljax.nnx_bridge.split_params`):
+:class:`HardSharing`, :class:`SoftSharing`, :class:`CrossStitch`, :class:`MMoE`, :class:`CGC`,
+:class:`PLE`, :class:`MTAN`, :class:`DSelectK`, :class:`Cascade`.
+"""
+
+from mtljax.models.cascade import Cascade
+from mtljax.models.cgc import CGC
 from mtljax.models.cnn import SmallCNN
+from mtljax.models.cross_stitch import CrossStitch
+from mtljax.models.dselect_k import DSelectK
 from mtljax.models.hps import HardSharing
 from mtljax.models.mlp import MLP
+from mtljax.models.mmoe import MMoE
+from mtljax.models.mtan import MTAN
+from mtljax.models.ple import PLE
+from mtljax.models.resnet import ResNet
+from mtljax.models.sequence import SequenceEncoder
+from mtljax.models.soft_sharing import SoftSharing
 
-__all__ = ["MLP", "HardSharing", "SmallCNN"]
+__all__ = [
+    "CGC",
+    "MLP",
+    "MMoE",
+    "MTAN",
+    "PLE",
+    "Cascade",
+    "CrossStitch",
+    "DSelectK",
+    "HardSharing",
+    "ResNet",
+    "SequenceEncoder",
+    "SmallCNN",
+    "SoftSharing",
+]
