@@ -108,6 +108,65 @@ def hps_mlp(num_tasks: int, *, seed: int = 0):
     return tasks, mtljax.MultiTaskLoss(encode, decode), params, batch
 
 
+CONV_BATCH, IMAGE, CHANNELS = 64, 32, (32, 64)
+
+
+def conv_resnet(num_tasks: int, *, seed: int = 0):
+    """Returns ``(tasks, loss, params, batch)`` of the ``conv`` workload for ``num_tasks`` tasks.
+
+    A small ResNet-style trunk on ``[64, 32, 32, 3]`` images (NHWC): a 3×3 stem conv to 32
+    channels, a residual block (two 3×3 convs + identity), a stride-2 3×3 conv to 64 channels,
+    a second residual block, global average pooling; T linear regression heads as one matrix.
+    """
+    rng = np.random.default_rng(seed)
+
+    def conv(cin, cout):
+        w = rng.normal(size=(3, 3, cin, cout)) * np.sqrt(2.0 / (9 * cin))
+        return {"w": jnp.asarray(w, jnp.float32), "b": jnp.zeros((cout,), jnp.float32)}
+
+    c1, c2 = CHANNELS
+    params = {
+        "shared": {
+            "stem": conv(3, c1), "block1": [conv(c1, c1), conv(c1, c1)],
+            "down": conv(c1, c2), "block2": [conv(c2, c2), conv(c2, c2)],
+        },
+        "heads": {
+            "w": jnp.asarray(rng.normal(size=(c2, num_tasks)) / np.sqrt(c2), jnp.float32),
+            "b": jnp.zeros((num_tasks,), jnp.float32),
+        },
+    }
+    batch = {
+        "x": jnp.asarray(rng.normal(size=(CONV_BATCH, IMAGE, IMAGE, 3)), jnp.float32),
+        "y": jnp.asarray(rng.normal(size=(CONV_BATCH, num_tasks)), jnp.float32),
+    }
+
+    def apply_conv(layer, h, stride=1):
+        out = jax.lax.conv_general_dilated(h, layer["w"], (stride, stride), "SAME",
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return out + layer["b"]
+
+    def block(layers, h):
+        inner = jax.nn.relu(apply_conv(layers[0], h))
+        return jax.nn.relu(h + apply_conv(layers[1], inner))
+
+    def encode(params, batch):
+        p = params["shared"]
+        h = jax.nn.relu(apply_conv(p["stem"], batch["x"]))
+        h = block(p["block1"], h)
+        h = jax.nn.relu(apply_conv(p["down"], h, stride=2))
+        return jnp.mean(block(p["block2"], h), axis=(1, 2))
+
+    def decode(params, rep, batch):
+        pred = rep @ params["heads"]["w"] + params["heads"]["b"]
+        return jnp.mean((pred - batch["y"]) ** 2, axis=0), {}
+
+    tasks = mtljax.Tasks([f"t{i}" for i in range(num_tasks)])
+    return tasks, mtljax.MultiTaskLoss(encode, decode), params, batch
+
+
+WORKLOADS = {"hps-mlp": hps_mlp, "conv": conv_resnet}
+
+
 def jacobian_mean(num_tasks: int) -> Method:
     """The mean of the task gradients computed through the Jacobian: every gradient method's floor.
 
@@ -146,7 +205,7 @@ def median_time(call: Callable[[], Any], *, warmup: int, repeats: int) -> tuple[
 
 def time_jax_step(name: str, num_tasks: int, args) -> dict:
     """Compile time and median step time of the jitted mtljax train step."""
-    tasks, loss, params, batch = hps_mlp(num_tasks, seed=args.seed)
+    tasks, loss, params, batch = WORKLOADS[args.workload](num_tasks, seed=args.seed)
     method = build_method(name, num_tasks)
     opt = optax.sgd(LEARNING_RATE)
     # diagnostics=False: time the method, not the optional conflict metrics.
@@ -158,6 +217,12 @@ def time_jax_step(name: str, num_tasks: int, args) -> dict:
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    # Arguments (the donated state and the batch), outputs and XLA's temporaries: the
+    # compiled step's device memory footprint.
+    peak_bytes = None if memory is None else (
+        memory.argument_size_in_bytes + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
     holder = [state]
 
     def call():
@@ -165,7 +230,7 @@ def time_jax_step(name: str, num_tasks: int, args) -> dict:
         jax.block_until_ready((holder[0], metrics))
 
     median, times = median_time(call, warmup=args.warmup, repeats=args.repeats)
-    return {"compile_s": compile_s, "step_s": median, "times_s": times}
+    return {"compile_s": compile_s, "step_s": median, "times_s": times, "peak_bytes": peak_bytes}
 
 
 def random_jacobian(num_tasks: int, num_params: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,17 +278,43 @@ def torch_aggregator(mods, name: str, num_tasks: int):
     return getattr(aggregation, cls_name)(**kwargs)
 
 
+def torch_model(torch, workload: str, num_tasks: int):
+    """``(shared trunk, heads, x, y)`` of a workload in PyTorch, the same shapes as in JAX."""
+    nn = torch.nn
+    if workload == "hps-mlp":
+        layers = []
+        for fan_in in [INPUTS] + [WIDTH] * (DEPTH - 1):
+            layers += [nn.Linear(fan_in, WIDTH), nn.ReLU()]
+        shared, width = nn.Sequential(*layers), WIDTH
+        x = torch.randn(BATCH, INPUTS)
+    else:
+        c1, c2 = CHANNELS
+
+        class Block(nn.Module):
+            def __init__(self, c):
+                super().__init__()
+                self.a, self.b = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+
+            def forward(self, h):
+                return torch.relu(h + self.b(torch.relu(self.a(h))))
+
+        shared = nn.Sequential(
+            nn.Conv2d(3, c1, 3, padding=1), nn.ReLU(), Block(c1),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(), Block(c2),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        width = c2
+        x = torch.randn(CONV_BATCH, 3, IMAGE, IMAGE)
+    heads = nn.ModuleList(nn.Linear(width, 1) for _ in range(num_tasks))
+    return shared, heads, x, torch.randn(x.shape[0], num_tasks)
+
+
 def time_torch_step(mods, name: str, num_tasks: int, args) -> dict:
     """Median step time of the workload in PyTorch: plain ``backward`` or torchjd's JD step."""
     torch, _, autojac = mods
     torch.manual_seed(args.seed)
-    layers = []
-    for fan_in in [INPUTS] + [WIDTH] * (DEPTH - 1):
-        layers += [torch.nn.Linear(fan_in, WIDTH), torch.nn.ReLU()]
-    shared = torch.nn.Sequential(*layers)
-    heads = torch.nn.ModuleList(torch.nn.Linear(WIDTH, 1) for _ in range(num_tasks))
+    shared, heads, x, y = torch_model(torch, args.workload, num_tasks)
     opt = torch.optim.SGD([*shared.parameters(), *heads.parameters()], lr=LEARNING_RATE)
-    x, y = torch.randn(BATCH, INPUTS), torch.randn(BATCH, num_tasks)
     aggregator = None if name in ("ew", "mean") else torch_aggregator(mods, name, num_tasks)
 
     def call():
@@ -289,11 +380,15 @@ def ratio(a: float | None, b: float | None) -> str:
     return "—" if a is None or b is None else f"{a / b:.2f}"
 
 
+def megabytes(num_bytes: int | None) -> str:
+    return "—" if num_bytes is None else f"{num_bytes / 2**20:.0f}"
+
+
 def step_table(rows: list[dict]) -> str:
     lines = [
-        "| T | method | mtljax step (ms) | compile (s) | × EW | × floor "
+        "| T | method | mtljax step (ms) | compile (s) | memory (MB) | × EW | × floor "
         "| torch step (ms) | torch × EW | torch × floor | mtljax speed-up |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     refs = {}
     for r in rows:
@@ -302,7 +397,8 @@ def step_table(rows: list[dict]) -> str:
         ew, floor = refs[r["tasks"]].get("ew", {}), refs[r["tasks"]].get("jacobian_mean", {})
         lines.append(
             f"| {r['tasks']} | {r['method']} | {ms(r.get('step_s'))} "
-            f"| {r['compile_s']:.1f} | {ratio(r.get('step_s'), ew.get('step_s'))} "
+            f"| {r['compile_s']:.1f} | {megabytes(r.get('peak_bytes'))} "
+            f"| {ratio(r.get('step_s'), ew.get('step_s'))} "
             f"| {ratio(r.get('step_s'), floor.get('step_s'))} | {ms(r.get('torch_step_s'))} "
             f"| {ratio(r.get('torch_step_s'), ew.get('torch_step_s'))} "
             f"| {ratio(r.get('torch_step_s'), floor.get('torch_step_s'))} "
@@ -352,6 +448,8 @@ def parse_args(argv=None):
         default=None,
         help="P of the random Jacobian (default: the workload's shared P)",
     )
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="hps-mlp",
+                        help="model of the train-step timings (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls after compiling")
     parser.add_argument("--strategy", default="auto", help='Jacobian strategy (default "auto")')
@@ -382,7 +480,9 @@ def main(argv=None) -> dict:
             continue
         available.append(name)
     gradient_methods = [n for n in available if build_method(n, 2).kind == "gradient"]
-    shared_params = sum(x.size for x in jax.tree.leaves(hps_mlp(1, seed=args.seed)[2]["shared"]))
+    shared_params = sum(
+        x.size for x in jax.tree.leaves(WORKLOADS[args.workload](1, seed=args.seed)[2]["shared"])
+    )
     num_params = args.agg_params or shared_params
 
     steps = []
@@ -415,11 +515,10 @@ def main(argv=None) -> dict:
 
     report = {
         "workload": {
-            "name": "hps-mlp",
-            "batch": BATCH,
-            "inputs": INPUTS,
-            "width": WIDTH,
-            "depth": DEPTH,
+            "name": args.workload,
+            "shape": ({"batch": BATCH, "inputs": INPUTS, "width": WIDTH, "depth": DEPTH}
+                      if args.workload == "hps-mlp" else
+                      {"batch": CONV_BATCH, "image": IMAGE, "channels": CHANNELS}),
             "shared_params": shared_params,
             "optimizer": "sgd",
             "strategy": args.strategy,
@@ -432,7 +531,7 @@ def main(argv=None) -> dict:
         "aggregation": aggs,
     }
     print()
-    print(f"## hps-mlp train step (P = {shared_params:,} shared parameters)\n")
+    print(f"## {args.workload} train step (P = {shared_params:,} shared parameters)\n")
     print(step_table(steps))
     print(f"\n## Aggregation alone on a random [T, {num_params:,}] Jacobian\n")
     print(aggregation_table(aggs))

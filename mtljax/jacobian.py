@@ -4,10 +4,14 @@
 identity gives the T per-task gradients. How the T pullbacks run is a strategy:
 
 * ``"vmap"`` — batched into one large backward pass (fastest on accelerators, T× the memory);
-* ``"map"`` — one after the other with ``lax.map`` (least memory; fastest on CPU, measured);
-* ``"auto"`` — ``"map"`` on CPU, ``"vmap"`` elsewhere;
+* ``"map"`` — one after the other with ``lax.map`` (least memory);
+* ``"auto"`` — ``"vmap"`` on every backend. Measured on CPU (jax 0.10, 2 cores, see
+  ``docs/benchmarks.md``): ``"map"`` matches ``"vmap"`` on an MLP trunk but makes a conv
+  trunk's Jacobian ~100× slower, since XLA:CPU runs convolutions inside the loop body without
+  its fast kernels;
 * ``chunk_size=k`` — ``lax.map`` over chunks of k rows, each chunk vmapped: bounds peak memory
-  for large T at a cost between the two.
+  for large T at a cost between the two. :func:`chunk_size_for_budget` picks k from a memory
+  budget.
 """
 
 from __future__ import annotations
@@ -27,8 +31,35 @@ def resolve_strategy(strategy: str) -> str:
     if strategy not in STRATEGIES:
         raise ValueError(f"Jacobian strategy must be one of {STRATEGIES}, got {strategy!r}.")
     if strategy == "auto":
-        return "map" if jax.default_backend() == "cpu" else "vmap"
+        return "vmap"
     return strategy
+
+
+def pull_back(
+    vjp_fn: Callable[[jax.Array], Any],
+    cotangents: jax.Array,
+    *,
+    strategy: str = "auto",
+    chunk_size: int | None = None,
+):
+    """Applies a pullback to every row of ``cotangents`` (``[K, T]``).
+
+    Args:
+      vjp_fn: the pullback of a function with a ``[T]`` output, from ``jax.vjp``.
+      cotangents: the ``[K, T]`` rows to pull back.
+      strategy: ``"auto"``, ``"vmap"`` or ``"map"``.
+      chunk_size: if set, ``lax.map`` over chunks of this many rows (overrides strategy).
+
+    Returns:
+      The pullback's output with a leading axis of size K on every leaf.
+    """
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
+        return lax.map(vjp_fn, cotangents, batch_size=min(chunk_size, cotangents.shape[0]))
+    if resolve_strategy(strategy) == "vmap":
+        return jax.vmap(vjp_fn)(cotangents)
+    return lax.map(vjp_fn, cotangents)
 
 
 def pull_back_rows(
@@ -45,20 +76,60 @@ def pull_back_rows(
       vjp_fn: the pullback of a function with a ``[T]`` output, from ``jax.vjp``.
       num_tasks: T.
       dtype: the dtype of the ``[T]`` output (the cotangent dtype).
-      strategy: ``"auto"``, ``"vmap"`` or ``"map"``.
-      chunk_size: if set, ``lax.map`` over chunks of this many rows (overrides strategy).
+      strategy, chunk_size: see :func:`pull_back`.
 
     Returns:
       The pullback's output with a leading task axis on every leaf.
     """
     eye = jnp.eye(num_tasks, dtype=dtype)
-    if chunk_size is not None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
-        return lax.map(vjp_fn, eye, batch_size=min(chunk_size, num_tasks))
-    if resolve_strategy(strategy) == "vmap":
-        return jax.vmap(vjp_fn)(eye)
-    return lax.map(vjp_fn, eye)
+    return pull_back(vjp_fn, eye, strategy=strategy, chunk_size=chunk_size)
+
+
+def chunk_size_for_budget(
+    budget_bytes: int,
+    num_params: int,
+    dtype,
+    num_tasks: int,
+    *,
+    activation_bytes: int = 0,
+) -> int:
+    """The largest ``chunk_size`` whose in-flight pullbacks fit in ``budget_bytes``.
+
+    A chunk of k rows runs k pullbacks at once; each holds one parameter-sized cotangent
+    (``P·b`` bytes, b the itemsize of ``dtype``) plus the activation cotangents of one backward
+    pass (``activation_bytes``, model and batch dependent: measure it, or leave 0 to budget the
+    parameter cotangents only). So
+
+        k = clip(⌊budget / (P·b + activation_bytes)⌋, 1, T).
+
+    The ``[T, P]`` Jacobian the chunks fill (``T·P·b`` bytes) and the forward pass's residuals
+    are held whatever k is and are not part of the budget. k = 1 is the least memory the
+    chunked mode can use; a budget below one row's cost still gives 1.
+
+    Args:
+      budget_bytes: bytes allowed for the chunk's pullbacks.
+      num_params: P, the number of differentiated (shared) parameters.
+      dtype: the gradients' dtype.
+      num_tasks: T.
+      activation_bytes: extra bytes per in-flight pullback.
+
+    Returns:
+      The chunk size, in ``[1, T]``.
+
+    Example:
+      >>> chunk_size_for_budget(4 * 10**6, 10**6, "float32", 8)
+      1
+      >>> chunk_size_for_budget(10**8, 10**6, "bfloat16", 8)
+      8
+    """
+    if budget_bytes <= 0 or num_params < 1 or num_tasks < 1 or activation_bytes < 0:
+        raise ValueError(
+            "chunk_size_for_budget needs budget_bytes > 0, num_params ≥ 1, num_tasks ≥ 1 and "
+            f"activation_bytes ≥ 0; got {budget_bytes}, {num_params}, {num_tasks}, "
+            f"{activation_bytes}."
+        )
+    row_bytes = num_params * jnp.dtype(dtype).itemsize + activation_bytes
+    return int(min(max(budget_bytes // row_bytes, 1), num_tasks))
 
 
 def per_task_gradients(
