@@ -1,8 +1,8 @@
 """The experiment runner: one :class:`RunConfig` in, a trained model's metrics out.
 
-:func:`run` builds the data, an NNX hard-sharing model, the method and the optimizer from a
-config, trains with the jitted functional step (:func:`mtljax.make_train_step`, the state
-donated), and writes to ``config.workdir``:
+:func:`run` builds the data, the NNX model (docs/architectures.md), the method and the
+optimizer from a config, trains with the jitted functional step (:func:`mtljax.make_train_step`,
+the state donated), and writes to ``config.workdir``:
 
 * ``metrics.jsonl`` — one JSON object per logged step: ``step``, per-task ``losses`` and
   ``weights`` keyed by task name, ``skipped``, and on diagnostics steps the Gram diagnostics
