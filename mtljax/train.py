@@ -21,8 +21,26 @@ methods (each head descends its own loss, as in Sener & Koltun and torchjd).
 Data parallelism: the step is written per device. Under ``jax.shard_map`` (``axis_name`` set,
 ``reduce="loss"``) it differentiates the ``pmean`` of the losses, so gradients of replicated
 parameters come out globally reduced; under ``jax.pmap`` (``reduce="grad"``) it differentiates
-the local losses and ``pmean``-s the per-task gradients. Either way the method sees the *global*
-per-task gradients, so a step does not depend on the number of devices.
+the local losses and ``pmean``-s the per-task gradients. Either way, with the default
+``aggregate="global"``, the method sees the *global* per-task gradients, so a step does not
+depend on the number of devices; that all-reduces the ``[T, P]`` Jacobian, ``T·P`` elements
+per step. ``aggregate="local"`` instead runs the method on each device's own Jacobian and
+all-reduces the updates, ``P`` elements per step: a cheaper but *different* method,
+``d = (1/N) Σ_i m(J_i)``, whose result depends on the device count N (for a non-linear method
+m, ``m(mean_i J_i) ≠ mean_i m(J_i)``). Its method state is the device mean (float leaves).
+
+Task sharding (``task_axis`` set, under :func:`mtljax.parallel.task_sharded_step`): every
+device holds the whole batch and pulls back only its ⌈T/N⌉ tasks; the method sees the Gram
+matrix (:func:`mtljax.parallel.ring_gram`) and the update ``Jᵀw`` is a ``psum`` of per-device
+partial combinations, so no device holds the ``[T, P]`` Jacobian. Only methods that need
+nothing but ``G`` and ``Jᵀw`` run this way: loss-only and Gram-space methods.
+
+Mixed precision (``compute_dtype``, e.g. ``jnp.bfloat16``): the floating parameters and batch
+leaves are cast to ``compute_dtype`` for the forward and backward passes, so the Jacobian is in
+``compute_dtype``; the losses are promoted to at least float32, the Gram matrix and the T×T
+solves run in at least float32 (:func:`mtljax.linalg.gram_dtype`), and the update is cast back
+to the parameters' dtype before the optimizer, so master parameters and optimizer state stay in
+their own dtype (float32).
 """
 
 from __future__ import annotations
@@ -35,14 +53,15 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from mtljax import linalg
+from mtljax import linalg, parallel
 from mtljax.diagnostics import gram_diagnostics
-from mtljax.jacobian import pull_back_rows
+from mtljax.jacobian import pull_back
 from mtljax.methods import Method
 from mtljax.tasks import Tasks, as_tasks
 
 NONFINITE_POLICIES = ("raise", "skip", "zero")
 REDUCTIONS = ("loss", "grad")
+AGGREGATIONS = ("global", "local")
 
 
 class TrainState(NamedTuple):
@@ -101,6 +120,9 @@ def make_train_step(
     diagnostics: bool = True,
     axis_name: str | None = None,
     reduce: str = "loss",
+    aggregate: str = "global",
+    task_axis: str | None = None,
+    compute_dtype=None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Builds the per-device step ``(state, batch) -> (state, metrics)`` (not jitted).
 
@@ -120,11 +142,22 @@ def make_train_step(
       axis_name: the data-parallel mesh axis, when run under ``shard_map`` or ``pmap``.
       reduce: ``"loss"`` (``shard_map``) or ``"grad"`` (``pmap``); see the module docstring.
         Extra batches (``method.num_batches > 1``) are passed as a tuple of batches.
+      aggregate: with ``axis_name``: ``"global"`` (exact; all-reduces the ``[T, P]``
+        Jacobian, ``T·P`` elements per step) or ``"local"`` (the method on each device's
+        Jacobian, then the mean of the updates; ``P`` elements per step, but the result
+        depends on the device count). Parameter level only.
+      task_axis: the mesh axis to spread the tasks' backward passes over (see the module
+        docstring and :func:`mtljax.parallel.task_sharded_step`); parameter level, loss-only
+        or Gram-space methods, no ``axis_name``.
+      compute_dtype: dtype of the forward and backward passes (mixed precision, see the
+        module docstring); ``None`` computes in the parameters' dtype.
 
     Returns:
       ``step(state, batch) -> (state, metrics)`` with metrics ``losses [T]``, ``weights [T]``,
       ``nonfinite [T]``, ``skipped []`` and, with diagnostics, those of
-      :func:`mtljax.diagnostics.gram_diagnostics`.
+      :func:`mtljax.diagnostics.gram_diagnostics`. Its attribute ``check_vma`` is false for
+      ``aggregate="local"``: wrap it in ``jax.shard_map(..., check_vma=False)`` (as
+      :func:`mtljax.parallel.shard_map_step` does).
     """
     tasks = as_tasks(tasks)
     num_tasks = len(tasks)
@@ -142,14 +175,44 @@ def make_train_step(
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}.")
     if method.num_batches > 1 and level != "parameters":
         raise ValueError(f"Method {method.name!r} draws several batches: parameter level only.")
+    if aggregate not in AGGREGATIONS:
+        raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}.")
+    local = axis_name is not None and aggregate == "local"
+    if local and level != "parameters":
+        raise ValueError('aggregate="local" runs at the parameter level only.')
+    if task_axis is not None:
+        _check_task_sharding(method, level, axis_name)
+    if compute_dtype is not None:
+        compute_dtype = jnp.dtype(compute_dtype)
+        if not jnp.issubdtype(compute_dtype, jnp.floating):
+            raise ValueError(f"compute_dtype must be a floating dtype, got {compute_dtype}.")
     if weight_heads is None:
         weight_heads = method.kind == "loss"
     use_jacobian = method.kind == "gradient" or diagnostics
-    pmean_losses = axis_name is not None and reduce == "loss"
-    pmean_grads = axis_name is not None and reduce == "grad"
+    pmean_losses = axis_name is not None and reduce == "loss" and not local
+    pmean_grads = axis_name is not None and reduce == "grad" and not local
+    # Per-device Jacobians (local mode, task sharding): differentiating at device-varying
+    # parameters keeps the transpose of shard_map's implicit replicated→varying cast (a psum)
+    # out of the gradients; a no-op under check_vma=False and pmap.
+    vary_axis = task_axis if task_axis is not None else (axis_name if local else None)
 
     def rows(vjp_fn, dtype):
-        return pull_back_rows(vjp_fn, num_tasks, dtype, strategy=strategy, chunk_size=chunk_size)
+        # The cotangents are typed like the losses: device-varying in the local mode.
+        eye = varying(jnp.eye(num_tasks, dtype=dtype))
+        return pull_back(vjp_fn, eye, strategy=strategy, chunk_size=chunk_size)
+
+    def to_compute(tree):
+        if compute_dtype is None:
+            return tree
+
+        def one(x):
+            x = jnp.asarray(x)
+            return x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+        return jax.tree.map(one, tree)
+
+    def varying(tree):
+        return tree if vary_axis is None else lax.pcast(tree, vary_axis, to="varying")
 
     def global_mean(tree):
         return lax.pmean(tree, axis_name) if pmean_grads else tree
@@ -157,6 +220,8 @@ def make_train_step(
     def decode_losses(params, rep, batch):
         raw, aux = loss.decode(params, rep, batch)
         losses = tasks.stack_losses(raw)
+        if compute_dtype is not None:
+            losses = losses.astype(jnp.promote_types(losses.dtype, jnp.float32))
         if pmean_losses:
             losses = lax.pmean(losses, axis_name)
         return losses, aux
@@ -168,6 +233,16 @@ def make_train_step(
         losses, vjp_fn, aux = jax.vjp(lambda p: full_losses(p, batch), params, has_aux=True)
         (jac,) = rows(vjp_fn, losses.dtype)
         return global_mean(losses), global_mean(jac), aux
+
+    def task_sharded_jacobian(params, batch):
+        # This device's ⌈T/N⌉ rows of the Jacobian; losses and aux are equal on every device.
+        losses, vjp_fn, aux = jax.vjp(
+            lambda p: full_losses(p, batch), varying(params), has_aux=True
+        )
+        cotangents = parallel.local_task_rows(num_tasks, losses.dtype, task_axis)
+        (jac,) = pull_back(vjp_fn, cotangents, strategy=strategy, chunk_size=chunk_size)
+        losses, aux = parallel.from_first_device((losses, aux), task_axis)
+        return losses, jac, aux
 
     def rep_jacobian(params, batch):
         heads = params["heads"]
@@ -214,11 +289,54 @@ def make_train_step(
 
         return jax.tree.map(one, tree)
 
-    def row_finite(tree):
+    def row_finite(tree, size):
         parts = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1) for x in
                  jax.tree.leaves(tree)]
         # An empty tree (a model without task-specific parameters) has no bad rows.
-        return jnp.stack(parts).all(0) if parts else jnp.ones((num_tasks,), bool)
+        return jnp.stack(parts).all(0) if parts else jnp.ones((size,), bool)
+
+    def diagnostics_from_gram(g, weights):
+        return gram_diagnostics(g, g @ weights.astype(g.dtype), weights @ g @ weights)
+
+    def task_sharded_update(state, params, batch):
+        # The Jacobian path with the tasks spread over task_axis: the method sees G (or only
+        # the losses) and Jᵀw is a psum of each device's partial combination.
+        losses, jac, aux = task_sharded_jacobian(params, batch)
+        shared_jac, head_jac = jac["shared"], jac["heads"]
+        size = linalg.num_tasks(shared_jac)
+        local_ok = row_finite(shared_jac, size) & row_finite(head_jac, size)
+        ok = jnp.isfinite(losses) & parallel.gather_task_vector(local_ok, num_tasks, task_axis)
+        if nonfinite == "zero":
+            keep = parallel.local_task_slice(ok, task_axis)
+            shared_jac, head_jac = mask_rows(shared_jac, keep), mask_rows(head_jac, keep)
+        safe_losses = jnp.where(ok, losses, 1.0)
+        g = parallel.ring_gram(shared_jac, task_axis)[:num_tasks, :num_tasks]
+        if method.kind == "loss":
+            weights, method_state = method.loss_weights(state.method_state,
+                                                        task_losses=safe_losses)
+        else:
+            weights, method_state = method.gram_weights(g, state.method_state,
+                                                        task_losses=safe_losses)
+        head_weights = weights if weight_heads else jnp.ones((num_tasks,), losses.dtype)
+
+        def combined(per_task, w):
+            local_w = parallel.local_task_slice(w, task_axis)
+            return lax.psum(linalg.combine(per_task, local_w), task_axis)
+
+        shared_update = combined(shared_jac, weights)
+        head_update = combined(head_jac, jnp.where(ok, head_weights, 0.0))
+        metrics = diagnostics_from_gram(g, weights) if diagnostics else {}
+        return losses, aux, ok, weights, method_state, shared_update, head_update, metrics
+
+    def device_mean_state(tree):
+        # aggregate="local": float leaves are averaged over devices; the others (PRNG keys,
+        # counters) do not depend on the data and are the same on every device.
+        def one(x):
+            if jnp.issubdtype(x.dtype, jnp.floating):
+                return lax.pmean(x, axis_name)
+            return parallel.from_first_device(x, axis_name)
+
+        return jax.tree.map(one, tree)
 
     def step(state: TrainState, batch) -> tuple[TrainState, dict]:
         params = state.params
@@ -228,14 +346,16 @@ def make_train_step(
                 f"Method {method.name!r} needs {method.num_batches} batches per step, "
                 f"got {len(batches)}."
             )
+        cparams = to_compute(params)
+        batches = to_compute(batches)
         batch = batches[0]
         extra = {}
         enc_vjp = None
         if not use_jacobian:
             # Loss-only shortcut: one backward pass of Σ_t c_t L_t.
-            losses, vjp_fn, aux = jax.vjp(
-                lambda p: full_losses(p, batch), params, has_aux=True
-            )
+            # (Task sharded, every device runs the same replicated backward pass.)
+            at = cparams if task_axis is not None else varying(cparams)
+            losses, vjp_fn, aux = jax.vjp(lambda p: full_losses(p, batch), at, has_aux=True)
             losses = global_mean(losses)
             ok = jnp.isfinite(losses)
             safe_losses = jnp.where(ok, losses, 1.0)
@@ -250,22 +370,27 @@ def make_train_step(
             grads = global_mean(grads)
             shared_update, head_update = grads["shared"], grads["heads"]
             metrics = {}
+        elif task_axis is not None:
+            (losses, aux, ok, weights, method_state, shared_update, head_update,
+             metrics) = task_sharded_update(state, cparams, batch)
         else:
             if level == "parameters":
-                losses, jac, aux = param_jacobian(params, batch)
+                losses, jac, aux = param_jacobian(varying(cparams), batch)
                 shared_jac, head_jac = jac["shared"], jac["heads"]
                 if method.num_batches > 1:
                     extra["extra_per_task_grads"] = tuple(
-                        param_jacobian(params, b)[1]["shared"] for b in batches[1:]
+                        param_jacobian(varying(cparams), b)[1]["shared"] for b in batches[1:]
                     )
             else:
-                losses, shared_jac, head_jac, enc_vjp, aux = rep_jacobian(params, batch)
-            ok = jnp.isfinite(losses) & row_finite(shared_jac) & row_finite(head_jac)
+                losses, shared_jac, head_jac, enc_vjp, aux = rep_jacobian(cparams, batch)
+            ok = (jnp.isfinite(losses) & row_finite(shared_jac, num_tasks)
+                  & row_finite(head_jac, num_tasks))
             if nonfinite == "zero":
                 shared_jac, head_jac = mask_rows(shared_jac, ok), mask_rows(head_jac, ok)
             safe_losses = jnp.where(ok, losses, 1.0)
             out = method.apply(
-                shared_jac, state.method_state, params["shared"], task_losses=safe_losses, **extra
+                shared_jac, state.method_state, cparams["shared"], task_losses=safe_losses,
+                **extra
             )
             method_state, weights = out.state, out.weights
             head_weights = weights if (weight_heads and weights is not None) else None
@@ -275,13 +400,13 @@ def make_train_step(
             direction = out.updates
             metrics = {}
             if diagnostics:
-                g = linalg.gram(shared_jac)
                 if weights is not None:
-                    task_dots, sq_norm = g @ weights.astype(g.dtype), weights @ g @ weights
+                    metrics.update(diagnostics_from_gram(linalg.gram(shared_jac), weights))
                 else:
+                    g = linalg.gram(shared_jac)
                     task_dots = linalg.dots(shared_jac, direction)
                     sq_norm = linalg.squared_norms(jax.tree.map(lambda x: x[None], direction))[0]
-                metrics.update(gram_diagnostics(g, task_dots, sq_norm))
+                    metrics.update(gram_diagnostics(g, task_dots, sq_norm))
             if level == "representation":
                 shared_update = encoder_grad(enc_vjp, direction)
             else:
@@ -290,13 +415,23 @@ def make_train_step(
                 weights = jnp.full((num_tasks,), jnp.nan, losses.dtype)
 
         updates = {"shared": shared_update, "heads": head_update}
+        if local:
+            # aggregate="local": the mean over devices of each device's own method output.
+            updates, losses, weights, metrics = lax.pmean(
+                (updates, losses, weights, metrics), axis_name
+            )
+            ok = lax.psum((~ok).astype(jnp.int32), axis_name) == 0
+        if compute_dtype is not None:
+            updates = jax.tree.map(lambda u, p: u.astype(p.dtype), updates, params)
         new_opt_updates, opt_state = optimizer.update(updates, state.opt_state, params)
         new_params = optax.apply_updates(params, new_opt_updates)
         if method.after_step is not None:
-            losses_after, _ = full_losses(new_params, batch)
+            losses_after, _ = full_losses(to_compute(new_params), batch)
             method_state = method.after_step(
                 method_state, task_losses_after=global_mean(losses_after)
             )
+        if local:
+            method_state = device_mean_state(method_state)
 
         all_ok = jnp.all(ok)
         update_ok = jnp.all(
@@ -320,7 +455,27 @@ def make_train_step(
         )
         return new_state, metrics
 
+    # The local mode runs methods (with their solver loops) on device-varying Jacobians: it
+    # needs shard_map's untyped (pmap-like) semantics, which parallel.shard_map_step reads here.
+    step.check_vma = not local
     return step
+
+
+def _check_task_sharding(method: Method, level: str, axis_name: str | None) -> None:
+    """Raises unless ``method`` can run task sharded (from ``G`` and ``Jᵀw`` only)."""
+    if axis_name is not None:
+        raise ValueError(
+            "task_axis and axis_name cannot be combined: the task-sharded step holds the whole "
+            "batch on every device of its task axis."
+        )
+    if level != "parameters":
+        raise ValueError("The task-sharded step runs at the parameter level only.")
+    if method.kind == "gradient" and method.gram_weights is None:
+        raise ValueError(
+            f"Method {method.name!r} needs P-sized data beyond the Gram matrix and Jᵀw (it is "
+            "not a Gram-space method), so it cannot run task sharded: no device holds the "
+            "whole [T, P] Jacobian. Use a loss-only or Gram-space method, or drop task_axis."
+        )
 
 
 def _gather_batch(x, axis_name):

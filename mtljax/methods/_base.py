@@ -61,6 +61,9 @@ class Method(optax.GradientTransformationExtraArgs):
         batches' per-task gradients arrive as ``extra_per_task_grads=(J_2, ...)``.
       after_step: optional ``(state, *, task_losses_after) -> state`` called by the train
         step with the losses at the updated parameters on the same batch (FAMO).
+      gram_weights: for Gram-space methods (:func:`gram_weighting`): their
+        ``(gram, state, *, task_losses, **extra) -> (w, state)``, which lets the task-sharded
+        train step run them from the Gram matrix alone.
     """
 
     def __new__(
@@ -75,6 +78,7 @@ class Method(optax.GradientTransformationExtraArgs):
         loss_weights: Callable[..., tuple[jax.Array, Any]] | None = None,
         num_batches: int = 1,
         after_step: Callable[..., Any] | None = None,
+        gram_weights: Callable[..., tuple[jax.Array, Any]] | None = None,
     ) -> Method:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
@@ -96,6 +100,7 @@ class Method(optax.GradientTransformationExtraArgs):
         self.loss_weights = loss_weights
         self.num_batches = num_batches
         self.after_step = after_step
+        self.gram_weights = gram_weights
         return self
 
     def __repr__(self) -> str:
@@ -198,4 +203,5 @@ def gram_weighting(
         weights, state = weights_fn(g, state, task_losses=task_losses, **extra)
         return MethodOutput(linalg.combine(per_task_grads, weights), state, weights)
 
-    return Method(init, apply, name=name, num_tasks=num_tasks, kind="gradient", level=level)
+    return Method(init, apply, name=name, num_tasks=num_tasks, kind="gradient", level=level,
+                  gram_weights=weights_fn)
