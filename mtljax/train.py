@@ -136,7 +136,12 @@ def make_train_step(
       weight_heads: whether heads get the method's weights (default: see module docstring).
       nonfinite: policy for NaN/Inf in a task's loss or gradient: ``"raise"`` (the update is
         skipped and ``metrics["nonfinite"]`` flags the task; the runner raises naming it),
-        ``"skip"`` (skip the update) or ``"zero"`` (drop those tasks from this step).
+        ``"skip"`` (skip the update) or ``"zero"`` (drop those tasks from this step). A
+        task is dropped when its loss or its gradient row is non-finite. A NaN that enters
+        through shared computation (e.g. a NaN target feeding a matmul shared by all heads,
+        where the pullback computes ``0 · NaN``) reaches every task's row, so ``"zero"`` then
+        drops every task and the step does nothing, as ``"skip"`` would; ``metrics["nonfinite"]``
+        shows which tasks were hit.
       diagnostics: compute the Gram-based conflict metrics (forces the Jacobian for loss-only
         methods; their update is the same by linearity).
       axis_name: the data-parallel mesh axis, when run under ``shard_map`` or ``pmap``.

@@ -17,11 +17,13 @@ Fields of :class:`Claims`:
 * ``permutation`` — whether permuting the tasks leaves ``d`` unchanged. Randomised methods
   do not claim it: with one PRNG key, permuting the tasks changes which task each random draw
   goes to, so the law of ``d`` is equivariant but a single draw is not.
+* ``permutation_min_tasks`` — the smallest T at which the permutation claim is tested (2, or
+  more where smaller T always produce a tie that the method breaks by task index).
 * ``non_conflicting`` — where ``J d ≥ 0`` is claimed: ``"all"`` (every zoo member),
   ``"independent"`` (members with linearly independent rows, the paper's assumption) or
   ``"two_tasks"`` (only T = 2), or ``None``.
-* ``rtol`` — relative tolerance of comparisons, per dtype name: exact closed forms get
-  roundoff-level tolerances, iterative solvers looser ones.
+* ``rtol`` — relative tolerance of comparisons, per dtype name: exact closed forms and
+  finite (active-set) solvers get round-off-level tolerances, iterative solvers looser ones.
 * ``min_tasks`` — the smallest T the method is defined for (smaller zoo members are skipped).
 * ``xfail`` — ``property -> "BUG: ..."`` for a claimed property the current implementation
   fails (the reason names the minimal failing input).
@@ -37,6 +39,10 @@ import numpy as np
 
 EXACT = {"float32": 1e-4, "float64": 1e-9}
 SOLVER = {"float32": 2e-3, "float64": 1e-4}
+# Finite active-set solves are exact up to the round-off of the Gram matrix: EXACT in float64.
+# In float32 the Gram matrix of gradients whose norms span decades (the fuzz spans twelve)
+# keeps few digits of the small ones, whose constraints then hold only to SOLVER's tolerance.
+ACTIVE_SET = {"float32": SOLVER["float32"], "float64": EXACT["float64"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +51,7 @@ class Claims:
     task_hparams: Mapping[str, Callable[[int], Any]] = dataclasses.field(default_factory=dict)
     degree: float | None = 1.0
     permutation: bool = True
+    permutation_min_tasks: int = 2
     non_conflicting: str | None = None
     rtol: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(EXACT))
     xfail: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -93,9 +100,11 @@ TABLE: dict[str, Claims] = {
     # The projection order is random (one key): no permutation claim. At T = 2 the order does
     # not matter and the paper shows the result conflicts with neither task.
     "pcgrad": Claims(permutation=False, non_conflicting="two_tasks"),
-    # MGDA's d is the unique min-norm point of the convex hull: non-conflicting everywhere.
-    "mgda": Claims(non_conflicting="all", rtol=SOLVER),
-    "mgda_ub": Claims(non_conflicting="all", rtol=SOLVER),
+    # MGDA's d is the unique min-norm point of the convex hull: non-conflicting everywhere
+    # (g_t · d ≥ ‖d‖²). Wolfe's algorithm stops at the exact minimiser (Frank-Wolfe gap at
+    # round-off, measured ≤ 3e-16 in float64 on the zoo), so the claim holds to EXACT.
+    "mgda": Claims(non_conflicting="all"),
+    "mgda_ub": Claims(non_conflicting="all"),
     # Random pair order (like PCGrad); cosines are scale-free, so d is linear in the scale.
     "gradvac": RANDOMISED,
     # Random drop masks; the sign purity is scale-free, so d is linear in the scale.
@@ -111,9 +120,13 @@ TABLE: dict[str, Claims] = {
     # Ĵ = σ_min U Vᵀ scales with J: degree 1.
     "aligned_mtl": Claims(rtol=SOLVER),
     "aligned_mtl_ub": Claims(rtol=SOLVER),
-    # Projections onto the dual cone {d : J d ≥ 0}: non-conflicting for every J.
-    "upgrad": Claims(non_conflicting="all", rtol=SOLVER),
-    "dualproj": Claims(non_conflicting="all", rtol=SOLVER),
+    # Projections onto the dual cone {d : J d ≥ 0}: non-conflicting for every J (Quinton & Rey,
+    # Prop. 1). That is the exact projection, reg_eps = 0, which the finite active-set solver
+    # computes on every zoo member (rank-deficient ones included) to round-off. The default
+    # ridge reg_eps = 1e-4 (torchjd's) only guarantees g_t·d ≥ −reg_eps·tr(G)·w_t, up to 9e-4
+    # of ‖g_t‖‖J‖ on the zoo; tests/methods/test_projection_methods.py tests that bound.
+    "upgrad": Claims(hparams={"reg_eps": 0.0}, non_conflicting="all", rtol=ACTIVE_SET),
+    "dualproj": Claims(hparams={"reg_eps": 0.0}, non_conflicting="all", rtol=ACTIVE_SET),
     # ConFIG: the unit direction with equal cosines to every unit gradient exists when the
     # gradients are independent; the norm Σ g_t·u scales with J.
     "config": Claims(non_conflicting="independent", rtol=SOLVER),
@@ -127,11 +140,16 @@ TABLE: dict[str, Claims] = {
     "moco": Claims(degree=None, rtol=SOLVER),
     "sdmgrad": Claims(degree=None, rtol=SOLVER),
     "modo": Claims(degree=None, rtol=SOLVER),
-    # Unit-norm EMA gradients of the log losses, rescaled by the largest norm: degree 1.
+    # Unit-norm EMA gradients of the log losses, rescaled by the largest norm: degree 1 (the
+    # norm guard is relative to the largest norm, so it holds for tiny gradients too).
     "db_mtl": Claims(rtol=SOLVER),
     # Selection by pairwise distances (scale-free ranking), then a mean of rows: degree 1.
-    # Each score sums the T - f - 2 nearest distances: T ≥ f + 3 (f = 0 by default).
-    "krum": Claims(min_tasks=3),
+    # Each score sums the T - f - 2 nearest distances: T ≥ f + 3 (f = 0 by default). At
+    # T = f + 3 the score is the distance to the nearest gradient, so the two gradients of the
+    # closest pair always tie for the best score and Krum keeps the lower task index: a
+    # permutation can swap which one is returned (the paper picks any minimiser). Ties are
+    # exceptional from T = f + 4 on, where permutation equivariance is claimed.
+    "krum": Claims(min_tasks=3, permutation_min_tasks=4),
     # Trims k = 1 largest and smallest values per coordinate: 2k < T.
     "trimmed_mean": Claims(min_tasks=3),
     # An EMA of the base method's weights (MGDA by default, whose weights are scale-free).

@@ -41,7 +41,9 @@ def config(num_tasks: int, *, pref_vector=None, use_least_squares: bool = True) 
 
     Returns:
       A Gram-space :class:`~mtljax.methods.Method`. Zero gradients get weight 0 (their unit
-      vector is taken as 0); when every gradient is zero, ``w = 0`` and ``d = 0``.
+      vector is taken as 0); when every gradient is zero, or no direction has the targeted
+      projections (``p`` orthogonal to the range of Ĝ, e.g. two opposite gradients),
+      ``w = 0`` and ``d = 0``.
 
     Example:
       >>> import numpy as np, mtljax
@@ -71,8 +73,11 @@ def config(num_tasks: int, *, pref_vector=None, use_least_squares: bool = True) 
         a = coeffs * inv_norms
         sq_norm = a @ gram @ a
         length = jnp.sum(gram @ a)
-        positive = sq_norm > tiny
-        scale = jnp.where(positive, length / jnp.where(positive, sq_norm, 1.0), 0.0)
+        # ‖x‖² = cᵀĜc is scale-free and, when p has a component in the range of Ĝ, at least
+        # ‖P p‖² / T. Under rcond · ‖p‖² / T it is the round-off of a zero solution (p ⟂ range
+        # Ĝ, e.g. two opposite gradients), which normalising x would blow up to full length.
+        defined = coeffs @ cosines @ coeffs > rcond * (target @ target) / num_tasks
+        scale = jnp.where(defined, length / jnp.where(defined, sq_norm, 1.0), 0.0)
         return scale * a, state
 
     return gram_weighting("config", num_tasks, optax.EmptyState, weights_fn)

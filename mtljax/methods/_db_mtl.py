@@ -5,7 +5,7 @@ Gradient-magnitude balancing: an exponential moving average ``ĝ_t`` of those gr
 rescaled so every task contributes the largest task's magnitude:
 
 ``ĝ_t ← β_k ĝ_t + (1 − β_k) g_t / (L_t + ε)``,  ``d = Σ_t α_t ĝ_t``,
-``α_t = max_s ‖ĝ_s‖ / (‖ĝ_t‖ + ε)``
+``α_t = max_s ‖ĝ_s‖ / ‖ĝ_t‖``
 
 with ``β_k = β / k^σ`` at step ``k = 1, 2, ...`` and ``ĝ = 0`` at the start. The moving
 average is a ``[T, *p]`` tree (T copies of the shared parameters): this P-sized state is
@@ -52,8 +52,10 @@ def db_mtl(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.5) -> Met
     Returns:
       A :class:`~mtljax.methods.Method` that needs ``task_losses``. Its ``weights`` are α, the
       weights of the averaged gradients ``ĝ`` (not of ``J``); all are ≥ 1 and the largest-norm
-      task has weight 1 (up to ε). Losses are clipped at 0 before adding ε = 1e-8, so zero or
-      negative losses give large but finite log-loss gradients; zero gradients give ``d = 0``.
+      task has weight 1. Norms under ε = 1e-8 times the largest are raised to it (LibMTL adds
+      an absolute ε instead, which breaks the scale invariance for small gradients), so
+      ``‖α_t ĝ_t‖ ≤ max_s ‖ĝ_s‖``; zero gradients give ``d = 0``. Losses are clipped at 0
+      before adding ε, so zero or negative losses give large but finite log-loss gradients.
     """
     num_tasks = check_num_tasks(num_tasks)
     if not 0 <= beta < 1:
@@ -80,7 +82,11 @@ def db_mtl(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.5) -> Met
 
         ema = jax.tree.map(average, state.ema, per_task_grads)
         norms = jnp.sqrt(linalg.squared_norms(ema)).astype(dtype)
-        alpha = jnp.max(norms) / (norms + EPS)
+        largest = jnp.max(norms)
+        # The paper's α = max‖ĝ‖ / ‖ĝ_t‖ is scale-free; the guard is relative to the largest
+        # norm (not an absolute ε) so that d stays linear in J, and zero rows get α = 1/EPS.
+        floor = jnp.maximum(EPS * largest, jnp.finfo(dtype).tiny)
+        alpha = largest / jnp.maximum(norms, floor)
         return MethodOutput(linalg.combine(ema, alpha), DBMTLState(step, ema), alpha)
 
     return Method(init, apply, name="db_mtl", num_tasks=num_tasks)

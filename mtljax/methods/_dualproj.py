@@ -1,10 +1,11 @@
 """DualProj: the mean task gradient projected onto the dual cone.
 
-The projection of ``Jᵀu`` onto ``{x : J x ≥ 0}`` is ``Jᵀw`` with ``w = argmin_{w ≥ u} wᵀGw``,
-solved in Gram space by :func:`mtljax.solvers._dual_cone.project_dual_cone`. The update is the
-closest direction to the mean gradient that conflicts with no task (``J d ≥ 0`` up to the ridge
-``reg_eps``); it equals the mean when the mean conflicts with no task. This is the projection
-of Gradient Episodic Memory (Lopez-Paz & Ranzato) used as an aggregator by Quinton & Rey.
+The projection of ``Jᵀu`` onto ``{x : J x ≥ 0}`` is ``Jᵀw`` with ``w = argmin_{w ≥ u} wᵀGw``, solved
+in Gram space by :func:`mtljax.solvers._dual_cone.project_dual_cone`. The update is the closest
+direction to the mean gradient that conflicts with no task (``J d ≥ 0``; with the ridge ``reg_eps``
+only ``g_t · d ≥ −reg_eps · tr(G) · w_t``); it equals the mean when the mean conflicts with no task.
+This is the projection of Gradient Episodic Memory (Lopez-Paz & Ranzato) used as an aggregator by
+Quinton & Rey.
 
 References:
   Lopez-Paz & Ranzato, "Gradient Episodic Memory for Continual Learning", NeurIPS 2017,
@@ -37,8 +38,9 @@ def dualproj(
       pref_vector: ``[T]`` non-negative preferences (ones by default): the projected vector is
         ``Jᵀu``. torchjd's ``DualProj(pref_vector=p)`` is ``pref_vector=p, reduction="sum"``.
       reduction: ``"mean"`` (default, ``u = pref/T``; torchjd's ``DualProj()``) or ``"sum"``.
-      reg_eps: ridge added to the trace-normalised Gram matrix (torchjd: 1e-4). ``0`` solves
-        the exact projection but needs a full-rank J.
+      reg_eps: ridge added to the trace-normalised Gram matrix (torchjd: 1e-4). It lets
+        ``d`` conflict with task t by up to ``reg_eps · tr(G) · w_t``; ``0`` solves the exact
+        projection (non-conflicting up to round-off, on any J).
       norm_eps: Gram matrices with a trace at or under this count as zero (then ``w = u``).
         The default 0 keeps the method exactly scale-invariant; torchjd uses 1e-4.
 

@@ -3,7 +3,9 @@
 With ``L̄_t(e)`` the average loss of task t over epoch ``e``, the weights of every step of epoch
 ``e ≥ 2`` are ``w_t = T softmax(r / τ)_t`` with ``r_t = L̄_t(e−1) / L̄_t(e−2)``; the first two
 epochs use ``w_t = 1``. Tasks whose loss decreased slowly get more weight. Epochs are counted in
-steps: a boundary every ``steps_per_epoch`` steps.
+steps: a boundary every ``steps_per_epoch`` steps. The default ``steps_per_epoch=1`` uses the
+ratios of the last two steps' losses (per-step DWA), so the method builds without knowing the
+data; pass the loader's steps per epoch for the paper's per-epoch averages.
 
 References:
   Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019,
@@ -30,7 +32,7 @@ class DWAState(NamedTuple):
 def dwa(
     num_tasks: int,
     *,
-    steps_per_epoch: int,
+    steps_per_epoch: int = 1,
     temperature: float = 2.0,
     dtype: jnp.dtype = jnp.float32,
 ) -> Method:
@@ -38,7 +40,8 @@ def dwa(
 
     Args:
       num_tasks: T.
-      steps_per_epoch: steps per epoch (the epoch boundary), at least 1.
+      steps_per_epoch: steps per epoch (the epoch boundary), at least 1. The default 1
+        makes every step an "epoch": weights from step 3 on use ``L_t(k−1) / L_t(k−2)``.
       temperature: softmax temperature τ (the paper uses 2).
       dtype: dtype of the accumulated losses in the state.
 

@@ -1,8 +1,9 @@
 """MGDA: the min-norm point of the convex hull of the task gradients.
 
-``d = Jᵀ w*``, ``w* = argmin_{w ∈ Δ} ‖Jᵀ w‖² = argmin_{w ∈ Δ} wᵀ G w``, solved in Gram space by
-Frank-Wolfe on device. ``d`` is a common descent direction: ``g_t · d ≥ ‖d‖² ≥ 0`` for every
-task (non-conflicting); ``d = 0`` exactly at a Pareto-stationary point.
+``d = Jᵀ w*``, ``w* = argmin_{w ∈ Δ} ‖Jᵀ w‖² = argmin_{w ∈ Δ} wᵀ G w``, solved exactly in Gram space
+on device by Wolfe's min-norm-point algorithm (:func:`mtljax.solvers.min_norm_simplex`). ``d`` is a
+common descent direction: ``g_t · d ≥ ‖d‖² ≥ 0`` for every task (non-conflicting); ``d = 0`` exactly
+at a Pareto-stationary point.
 
 MGDA-UB applies the same solve to the gradients of the losses at the shared representation
 (``level="representation"``), then back-propagates ``Σ w_t L_t`` through the encoder once.
@@ -29,8 +30,8 @@ def mgda(
     num_tasks: int,
     *,
     normalization: str = "none",
-    max_iters: int = 250,
-    tol: float = 1e-7,
+    max_iters: int | None = None,
+    tol: float | None = None,
     level: str = "parameters",
 ) -> Method:
     """Multiple-gradient descent: ``w = argmin_{w∈Δ} wᵀ G w``, ``d = Jᵀ w``.
@@ -40,8 +41,9 @@ def mgda(
       normalization: rescale each gradient before the solve, as in Sener & Koltun's code:
         ``"none"``, ``"l2"`` (``g_t/‖g_t‖``), ``"loss"`` (``g_t/L_t``) or ``"loss+"``
         (``g_t/(L_t ‖g_t‖)``). The returned weights apply to the *unscaled* gradients.
-      max_iters: Frank-Wolfe iteration budget.
-      tol: tolerance on the Frank-Wolfe gap of the max-diagonal-normalised Gram matrix.
+      max_iters: budget of solves of the min-norm-point algorithm (``3T + 10`` by default).
+      tol: relative tolerance of the solver's stopping test, ``g_t · d ≥ ‖d‖² − tol ‖g_t‖
+        max_s ‖g_s‖`` (``10 T eps`` of the dtype by default).
       level: ``"parameters"`` (MGDA) or ``"representation"`` (MGDA-UB).
 
     Returns:

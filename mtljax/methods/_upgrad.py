@@ -6,7 +6,8 @@ is ``Jᵀw⁽ᵗ⁾`` with ``w⁽ᵗ⁾ = argmin_{w ≥ e_t} wᵀGw``, so ``w = 
 in parallel (``vmap``) with the active-set solver of
 :func:`mtljax.solvers._dual_cone.project_dual_cone`.
 
-The update conflicts with no task (``J d ≥ 0``, up to the ridge ``reg_eps``), is equivariant
+The update conflicts with no task (``J d ≥ 0``; with the default ridge ``reg_eps = 1e-4`` only
+up to ``g_t · d ≥ −reg_eps · tr(G) · w_t``, see below), is equivariant
 under permutations of the tasks, positively homogeneous in J, and equals the mean when the
 gradients do not conflict.
 
@@ -66,7 +67,10 @@ def upgrad(
         ``pref_vector=p, reduction="sum"``.
       reduction: ``"mean"`` (default; ``u`` divided by T) or ``"sum"`` of the projections.
       reg_eps: ridge added to the trace-normalised Gram matrix (the paper's and torchjd's
-        1e-4). ``0`` solves the exact projection but needs a full-rank J.
+        1e-4). It biases the projection: ``g_t · d ≥ −reg_eps · tr(G) · w_t`` only, which is a
+        real conflict for a task whose gradient is much smaller than the others (at
+        ``‖g_2‖ = ‖g_1‖/100`` the cosine can reach −0.66). ``0`` gives the exact projection,
+        non-conflicting up to round-off, on any J (rank-deficient ones included).
       norm_eps: Gram matrices with a trace at or under this count as zero, and then
         ``w = u``. The default 0 keeps UPGrad exactly scale-invariant; torchjd uses 1e-4.
 

@@ -18,8 +18,12 @@ freed twice, so the default budget of ``3T + 10`` solves is reached only on path
 
 As in the UPGrad paper the Gram matrix is trace-normalised and given a small ridge,
 ``Ĝ = G / tr(G) + reg_eps · I``: the minimiser of the normalised problem does not depend on
-the scale of J, and the ridge makes every reduced system positive definite when J is
-rank-deficient. The ridge lets ``Jᵀw`` conflict with a task by at most ``reg_eps · tr(G) · w``.
+the scale of J. The ridge is not needed for solvability: the problem is the non-negative least
+squares ``min_{z ≥ 0} ‖Jᵀz + Jᵀu‖²``, and Lawson-Hanson only frees a variable whose gradient
+is linearly independent of the free ones, so ``reg_eps = 0`` works on rank-deficient J too
+(tested on zero, identical, opposite and low-rank rows). With a ridge, at a free variable
+``(Ĝw)_t = 0`` means ``g_t · Jᵀw = −reg_eps · tr(G) · w_t``: ``Jᵀw`` conflicts with task t by
+exactly that much, which is large next to ``‖g_t‖`` when g_t is much smaller than the others.
 
 References:
   Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024, arXiv:2406.16232.
@@ -88,8 +92,14 @@ def project_dual_cone(
     budget = 3 * t + 10 if max_iters is None else max_iters
     eye = jnp.eye(t, dtype=g.dtype)
     g_u = g @ u
-    # Stationarity tolerance: |(Ĝw)_i| ≤ Σ|w| since tr(Ĝ) ≈ 1.
-    tol = 64 * jnp.finfo(g.dtype).eps * jnp.maximum(jnp.sum(jnp.abs(u)), jnp.finfo(g.dtype).tiny)
+    eps, tiny = jnp.finfo(g.dtype).eps, jnp.finfo(g.dtype).tiny
+    norms = jnp.sqrt(jnp.diagonal(g))
+
+    def tolerance(z):
+        # Stationarity tolerance per task: the round-off of (Ĝw)_i = Σ_k Ĝ_ik w_k is about
+        # eps · ‖ĝ_i‖ Σ_k ‖ĝ_k‖ |w_k|. Scaling it by ‖ĝ_i‖ (not by the largest norm) keeps the
+        # constraints of gradients many decades smaller than the others exact too.
+        return 64 * eps * jnp.maximum(norms * (norms @ jnp.abs(u + z)), tiny)
 
     def solve(free):
         # z_i = 0 on the bound set, (Ĝ (u + z))_i = 0 on the free set: a symmetric positive
@@ -107,7 +117,7 @@ def project_dual_cone(
         feasible = jnp.all(jnp.where(free, s > 0.0, True))
         # Feasible: accept s and free the bound variable with the most negative gradient.
         grad = g_u + g @ s
-        candidate = jnp.where(~free & (grad < -tol), grad, jnp.inf)
+        candidate = jnp.where(~free & (grad < -tolerance(s)), grad, jnp.inf)
         done = feasible & jnp.all(jnp.isinf(candidate))
         grown = free | (jnp.arange(t) == jnp.argmin(candidate)) & ~done
         # Infeasible: step from z towards s until a free variable hits its bound, bind it.
@@ -116,8 +126,12 @@ def project_dual_cone(
         step = jnp.clip(jnp.min(ratios), 0.0, 1.0)
         stepped = jnp.where(free, z + step * (s - z), 0.0)
         shrunk = free & (stepped > 0.0) & ~(shrinking & (ratios <= step))
-        z = jnp.where(feasible, s, jnp.where(shrunk, stepped, 0.0))
-        return i + 1, jnp.where(feasible, grown, shrunk), z, done
+        new_z = jnp.where(feasible, s, jnp.where(shrunk, stepped, 0.0))
+        new_free = jnp.where(feasible, grown, shrunk)
+        # A non-finite solve (free gradients dependent up to round-off, reg_eps = 0): stop at z.
+        finite = jnp.all(jnp.isfinite(s))
+        z = jnp.where(finite, new_z, z)
+        return i + 1, jnp.where(finite, new_free, free), z, done | ~finite
 
     start = (0, jnp.zeros((t,), bool), jnp.zeros((t,), g.dtype), jnp.array(False))
     _, _, z, _ = lax.while_loop(cond, body, start)

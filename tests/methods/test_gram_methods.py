@@ -112,12 +112,26 @@ def test_imtl_g_matches_paper_formula(seed, dtype):
 
 def test_imtl_g_single_task_and_rank_deficient():
     assert run("imtl_g", np.array([[3.0, 4.0]]))[0].tolist() == [1.0]
-    # Three gradients in a plane (rank 2): the pseudo-inverse still gives equal projections.
-    jac = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 0.0]])
+    # Equal projections mean G α = c n (n_t = ‖g_t‖). A duplicated gradient (rank 2 of 3) keeps
+    # n in the range of G: the pseudo-inverse gives equal projections, and splits the weight
+    # of the duplicate evenly (the minimum-norm α).
+    jac = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 0.0, 0.0]])
     w, d, _ = run("imtl_g", jac)
     projections = unit_rows(jac) @ d
     np.testing.assert_allclose(projections, projections[0], rtol=1e-9)
     np.testing.assert_allclose(w.sum(), 1.0)
+    np.testing.assert_allclose(w[0], w[2], rtol=1e-9)
+    # Three gradients in a plane with n outside the range of G: only d = 0 has equal
+    # projections (u_1·d = u_2·d forces d ∝ (1, 1), then u_3·d = √2 u_1·d), which is what the
+    # paper's closed form returns here (α = (2, 1, −2)). The pseudo-inverse generalisation
+    # (Quinton & Rey; torchjd's IMTLG) instead returns the least-squares α ∝ G⁺ n: finite,
+    # summing to 1, with G α the projection of n on the range of G, up to the factor 1/1ᵀG⁺n.
+    jac = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 0.0]])
+    w, d, _ = run("imtl_g", jac)
+    gram, norms = jac @ jac.T, np.linalg.norm(jac, axis=1)
+    ref = np.linalg.pinv(gram) @ norms
+    np.testing.assert_allclose(w, ref / ref.sum(), rtol=1e-9)
+    assert np.all(np.isfinite(d))
 
 
 def test_imtl_hybrid_scales_and_learns():
