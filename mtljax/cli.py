@@ -108,15 +108,24 @@ def load_config(spec: str):
 
 def methods_table() -> str:
     """Every registry name with its kind, level, summary and paper."""
-    from mtljax.methods import REGISTRY, get_method
+    import inspect
+
+    from mtljax.methods import REGISTRY, get_factory, get_method
 
     rows = []
     for name, entry in REGISTRY.items():
+        # Kind and level do not depend on T; T = 3 also builds the robust aggregators (T ≥ 3).
+        required = [
+            p.name
+            for p in inspect.signature(get_factory(name)).parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.default is p.empty and p.name not in entry.presets
+        ]
         try:
-            method = get_method(name, 2)
-            kind, level = method.kind, method.level
-        except (TypeError, ValueError):
-            kind, level = "?", "needs hparams"
+            if required:
+                kind, level = "?", "needs " + ", ".join(f"{p}=" for p in required)
+            else:
+                method = get_method(name, 3)
+                kind, level = method.kind, method.level
         except Exception as error:  # noqa: BLE001 - one broken module must not hide the rest
             kind, level = "unavailable", type(error).__name__
         rows.append((name, kind, level, entry.summary, entry.paper))

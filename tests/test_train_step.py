@@ -89,3 +89,15 @@ def test_loss_shortcut_equals_jacobian_path():
     b, _ = full(state, batch)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_cr_mogm_forwards_the_base_after_step_hook():
+    """CR-MOGM over FAMO: the train step's after-step losses still move FAMO's logits."""
+    tasks, loss, params, batch = make_problem()
+    method = mtljax.get_method("cr_mogm", len(tasks), base="famo")
+    opt = optax.sgd(0.1)
+    state = mtljax.init_train_state(params, opt, method)
+    step = jax.jit(mtljax.make_train_step(loss, tasks, method, opt))
+    for _ in range(3):
+        state, _ = step(state, batch)
+    assert np.any(np.asarray(state.method_state.base.logits) != 0.0)

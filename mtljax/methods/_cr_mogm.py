@@ -38,17 +38,29 @@ class CRMOGMState(NamedTuple):
     started: jax.Array  # [] bool, whether λ holds a first value
 
 
-def cr_mogm(num_tasks: int, *, base: str = "mgda", beta: float = 0.9, **base_hparams) -> Method:
+def cr_mogm(
+    num_tasks: int,
+    *,
+    base: str = "mgda",
+    beta: float = 0.9,
+    base_kw: dict | None = None,
+    **base_hparams,
+) -> Method:
     """Exponential moving average of any weighting method's weights.
 
     Args:
       num_tasks: T.
       base: registry name of the base method; it must return weights (``d = Jᵀ λ̂``).
       beta: β in [0, 1), the weight of the previous average (0: the base method itself).
-      **base_hparams: keyword arguments of the base method's factory.
+      base_kw: keyword arguments of the base method's factory, for names that clash with
+        CR-MOGM's own (e.g. ``base_kw={"beta": 0.5}`` for GradVac's β).
+      **base_hparams: further keyword arguments of the base method's factory.
 
     Returns:
-      A gradient :class:`~mtljax.methods.Method` with the base's level and number of batches.
+      A gradient :class:`~mtljax.methods.Method` with the base's level and number of batches;
+      a base's ``after_step`` hook (FAMO) is forwarded to the base's state. The average is
+      applied to the current Jacobian, ``d = Jᵀ λ``: bases whose weights combine something
+      else (MoCo's and DB-MTL's tracked gradients) are not CR-MOGM's setting.
 
     Raises:
       ValueError: bad ``beta``, or (when first traced) a base that returns no weights, such as
@@ -57,7 +69,7 @@ def cr_mogm(num_tasks: int, *, base: str = "mgda", beta: float = 0.9, **base_hpa
     num_tasks = check_num_tasks(num_tasks)
     if not 0 <= beta < 1:
         raise ValueError(f"beta must be in [0, 1), got {beta!r}.")
-    inner = get_method(base, num_tasks, **base_hparams)
+    inner = get_method(base, num_tasks, **(base_kw or {}), **base_hparams)
 
     def init(params):
         dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(params)), jnp.float32)
@@ -82,6 +94,9 @@ def cr_mogm(num_tasks: int, *, base: str = "mgda", beta: float = 0.9, **base_hpa
         new_state = CRMOGMState(out.state, averaged.astype(state.weights.dtype), jnp.ones((), bool))
         return MethodOutput(linalg.combine(per_task_grads, averaged), new_state, averaged)
 
+    def after_step(state, **kwargs):
+        return state._replace(base=inner.after_step(state.base, **kwargs))
+
     return Method(
         init,
         apply,
@@ -89,4 +104,5 @@ def cr_mogm(num_tasks: int, *, base: str = "mgda", beta: float = 0.9, **base_hpa
         num_tasks=num_tasks,
         level=inner.level,
         num_batches=inner.num_batches,
+        after_step=None if inner.after_step is None else after_step,
     )

@@ -67,7 +67,7 @@ def famo(
 
     Returns:
       A loss-only :class:`~mtljax.methods.Method` with an ``after_step`` hook when
-      ``same_batch``. Weights are positive, ``Σ_t w_t D_t = 1``, in the losses' dtype
+      ``same_batch``. Weights are positive and sum to 1 (``w ∝ z / D``), in the losses' dtype
       (≥ float32). With ``same_batch=True`` and no ``after_step`` call (e.g.
       :func:`mtljax.aggregate`) the logits never move.
     """
