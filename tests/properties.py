@@ -86,6 +86,7 @@ def _members(num_tasks: int, dim: int, seed: int) -> list[Member]:
         opposite = gauss.copy()
         opposite[1] = -opposite[0]
         out.append(Member("opposite", opposite, losses, False))
+        out.append(Member("all_zero", np.zeros_like(gauss), losses, False))
     if num_tasks > NARROW:
         narrow = np.zeros_like(gauss)
         narrow[:, :NARROW] = rng.normal(size=(num_tasks, NARROW))
@@ -95,9 +96,10 @@ def _members(num_tasks: int, dim: int, seed: int) -> list[Member]:
 
 @functools.cache
 def zoo(num_tasks: int, dim: int) -> tuple[Member, ...]:
-    """The seeded zoo at one shape: Gaussian, huge (1e6), tiny (1e-6), a zero row, low rank,
-    two identical rows, two exactly opposite rows (the last three for T ≥ 2), and for
-    T > NARROW gradients that span NARROW coordinates only (T > P in effect)."""
+    """The seeded zoo at one shape: Gaussian, huge (1e6), tiny (1e-6), a zero row (at T = 1,
+    the zero Jacobian), low rank, two identical rows, two exactly opposite rows, the zero
+    Jacobian (the last four for T ≥ 2), and for T > NARROW gradients that span NARROW
+    coordinates only (T > P in effect)."""
     return tuple(_members(num_tasks, dim, seed=1000 * num_tasks + dim))
 
 
@@ -206,6 +208,12 @@ def assert_shape_and_finite(d, num_params: int, dtype: str) -> None:
     assert d.shape == (num_params,), f"update shape {d.shape}, expected ({num_params},)"
     assert d.dtype == jnp.dtype(dtype), f"update dtype {d.dtype}, input dtype {dtype}"
     assert np.all(np.isfinite(np.asarray(d))), f"non-finite update {d}"
+
+
+def assert_zero_for_zero_jacobian(jac: np.ndarray, d) -> None:
+    """A zero Jacobian gives exactly the zero update (every method combines the gradients)."""
+    if not np.any(jac):
+        assert not np.any(np.asarray(d)), f"zero Jacobian, non-zero update {d}"
 
 
 def assert_non_conflicting(jac: np.ndarray, d, rtol: float, scale: float) -> None:

@@ -18,6 +18,7 @@ from properties import (
     assert_non_conflicting,
     assert_permutation_equivariant,
     assert_shape_and_finite,
+    assert_zero_for_zero_jacobian,
     build,
     extra_inputs,
     natural_scale,
@@ -31,6 +32,7 @@ from properties import (
 from mtljax.methods import REGISTRY
 
 CLAIMS = {
+    # Shape, dtype, finiteness, and d = 0 for the zero Jacobian.
     "shape_and_finite": lambda c: True,
     "non_conflicting": lambda c: c.non_conflicting is not None,
     "permutation_equivariant": lambda c: c.permutation,
@@ -79,6 +81,7 @@ def test_shape_and_finite(name, dtype):
     def check(m):
         d, w = run(runner(name, m.num_tasks), m.jac, m.losses, dtype)
         assert_shape_and_finite(d, m.jac.shape[1], dtype)
+        assert_zero_for_zero_jacobian(m.jac, d)
         if w is not None:
             assert w.shape == (m.num_tasks,) and np.all(np.isfinite(w)), f"weights {w}"
 

@@ -51,7 +51,8 @@ def cagrad(
     Returns:
       A Gram-space :class:`~mtljax.methods.Method` at the scale of the mean gradient. When
       ``‖g_w*‖`` vanishes (up to round-off; the conflict-averse direction is then undefined)
-      the correction is dropped and ``d = g0`` divided by the ``rescale`` divisor; with every gradient zero, ``d = 0``.
+      the correction is dropped and ``d = g0`` divided by the ``rescale`` divisor; with every
+      gradient zero, ``d = 0``.
 
     Example:
       >>> import numpy as np, mtljax
