@@ -125,10 +125,8 @@ def test_shared_and_task_specific_split(models, batch, name):
         assert any(np.any(g != 0) for g in flat(grads[task]["shared"]).values())
 
 
-# ResNet is a trunk (hard sharing, trained by tests/test_models.py): EW only, to save compiles.
 @pytest.mark.parametrize(
-    ("name", "method_name"),
-    [(n, m) for n in BUILDERS for m in ("ew", "pcgrad") if (n, m) != ("resnet", "pcgrad")],
+    ("name", "method_name"), [(n, m) for n in BUILDERS for m in ("ew", "pcgrad")]
 )
 def test_trains_on_multidigits(models, batch, name, method_name):
     # The split is functional: training the parameters leaves the fixture's model unchanged.
