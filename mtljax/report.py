@@ -137,7 +137,7 @@ def pareto_mask(points: np.ndarray, higher_is_better: Sequence[bool]) -> np.ndar
 
 
 # Config fields that a group's runs may differ in.
-SEED_FIELDS = ("seed", "workdir", "checkpoint_every", "keep_checkpoints")
+SEED_FIELDS = ("seed", "workdir", "checkpoint_every", "keep_checkpoints", "tensorboard")
 
 
 def _flat_config(config: Mapping[str, Any]) -> dict[str, str]:

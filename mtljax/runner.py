@@ -10,6 +10,8 @@ the state donated), and writes to ``config.workdir``:
   ``update_norm``, ``update_cosine``); evaluation lines carry ``val`` instead.
 * ``summary.json`` — the config, per-task validation and test metrics at the selected
   checkpoint, the selected step, wall time and steps per second.
+* ``tb/`` — TensorBoard event files with the same scalars (:mod:`mtljax.tensorboard`), when
+  ``tensorboard`` is on and tensorboardX is installed.
 
 Model selection uses the validation split only: the parameters with the best mean headline
 metric over tasks (each task's first metric, negated when lower is better) are kept, and the
@@ -55,6 +57,7 @@ from mtljax.metrics_log import JsonlWriter, to_json
 from mtljax.models.registry import ARCHITECTURES, build_architecture
 from mtljax.nnx_bridge import check_level, model_loss, model_predict, split_params
 from mtljax.tasks import Metric, Task, Tasks
+from mtljax.tensorboard import open_tensorboard
 from mtljax.train import NONFINITE_POLICIES, init_train_state, make_train_step
 
 # Dataset loaders by name: (module, function); imported on first use.
@@ -102,6 +105,8 @@ class RunConfig:
       checkpoint_every: a checkpoint every this many steps and after the last; 0 for none
         (needs a ``workdir``).
       keep_checkpoints: how many of the latest checkpoints to keep.
+      tensorboard: also write TensorBoard event files to ``workdir/tb`` when tensorboardX is
+        installed (ignored without it).
     """
 
     dataset: str = "multidigits"
@@ -129,6 +134,7 @@ class RunConfig:
     workdir: str | None = None
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
+    tensorboard: bool = True
 
     def __post_init__(self):
         for name in ("hidden", "cnn_features", "tasks"):
@@ -270,7 +276,7 @@ def selection_score(metrics: Mapping[str, Mapping[str, float]], tasks: Tasks) ->
 
 
 # Config fields a resumed run may change: they do not alter the steps already taken.
-RESUMABLE_FIELDS = ("steps", "workdir", "checkpoint_every", "keep_checkpoints")
+RESUMABLE_FIELDS = ("steps", "workdir", "checkpoint_every", "keep_checkpoints", "tensorboard")
 
 
 def _check_resumable(saved: Mapping[str, Any], config: RunConfig) -> None:
@@ -351,7 +357,8 @@ def run(
       ``val`` and ``test`` (``{task: {metric: value}}`` at ``best_step``), ``final_val``,
       ``nonfinite_steps``, ``wall_time_s``, ``train_time_s`` (the training loop without
       evaluation, compilation included), ``steps_per_s`` (steps run by this call over
-      ``train_time_s``) and ``resumed_from`` (the checkpoint's step, 0 for a fresh run).
+      ``train_time_s``), ``resumed_from`` (the checkpoint's step, 0 for a fresh run) and
+      ``tensorboard`` (whether ``workdir/tb`` event files were written).
 
     Raises:
       RuntimeError: a non-finite loss or gradient under ``nonfinite="raise"``, naming the
@@ -440,6 +447,10 @@ def run(
     if resumed_from:
         truncate_jsonl(metrics_path, resumed_from)
     writer = JsonlWriter(metrics_path, append=bool(resumed_from)) if metrics_path else None
+    tb = None
+    if config.workdir and config.tensorboard:
+        purge = resumed_from + 1 if resumed_from else None  # hide the resumed steps' old events
+        tb = open_tensorboard(os.path.join(config.workdir, "tb"), tasks.names, purge_step=purge)
     bar = _progress_bar(config.steps, config.method, progress)
     if bar is not None:
         bar.update(resumed_from)
@@ -460,7 +471,10 @@ def run(
             if writer and (
                 step % config.log_every == 0 or step == 1 or "cosine" in metrics or bad.any()
             ):
-                writer.write(_step_record(step, metrics, tasks))
+                record = _step_record(step, metrics, tasks)
+                writer.write(record)
+                if tb:
+                    tb.write(record)
             if bar is not None:
                 bar.set_postfix(loss=f"{float(np.sum(metrics['losses'])):.3f}", refresh=False)
         pending.clear()
@@ -472,6 +486,8 @@ def run(
         score = selection_score(last_val, tasks)
         if writer:
             writer.write({"step": step, "val": last_val})
+        if tb:
+            tb.write({"step": step, "val": last_val})
         # The first evaluation always counts, so a run whose scores are all NaN still has one.
         if best["params"] is None or score > best["score"]:
             best.update(score=score, step=step, params=jax.device_get(state.params), val=last_val)
@@ -504,6 +520,8 @@ def run(
             bar.close()
         if writer:
             writer.close()
+        if tb:
+            tb.close()
 
     train_time = time.perf_counter() - loop_start - eval_time
     test = evaluate(best["params"], splits["test"])
@@ -523,6 +541,7 @@ def run(
         "train_time_s": train_time,
         "steps_per_s": (config.steps - resumed_from) / train_time,
         "resumed_from": resumed_from,
+        "tensorboard": tb is not None,
     }
     if config.workdir:
         with open(os.path.join(config.workdir, "summary.json"), "w", encoding="utf-8") as f:

@@ -206,7 +206,7 @@ def shard(runs: Sequence[PlannedRun], index: int, count: int) -> list[PlannedRun
 
 
 # Config fields that do not change a run's results: ignored when matching stored summaries.
-NON_RESULT_FIELDS = ("workdir", "checkpoint_every", "keep_checkpoints")
+NON_RESULT_FIELDS = ("workdir", "checkpoint_every", "keep_checkpoints", "tensorboard")
 
 
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
