@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from method_table import TABLE
 from properties import (
     DTYPES,
-    SHAPES,
     assert_non_conflicting,
     assert_shape_and_finite,
     natural_scale,
     run,
     runner,
+    shapes,
 )
 
 DEGENERACIES = ("none", "zero_row", "duplicate", "opposite", "rank_one", "all_zero")
@@ -33,10 +33,10 @@ def examples(request) -> int:
 
 
 @st.composite
-def jacobians(draw, min_tasks: int):
-    """``(J, losses, degeneracy)``: a float64 ``[T, P]`` Jacobian at a zoo shape."""
-    shapes = [s for s in SHAPES if s[0] >= min_tasks]
-    num_tasks, dim = draw(st.sampled_from(shapes))
+def jacobians(draw, min_tasks: int, dtype: str):
+    """``(J, losses, degeneracy)``: a float64 ``[T, P]`` Jacobian at a zoo shape of ``dtype``."""
+    allowed = [s for s in shapes(dtype) if s[0] >= min_tasks] or [(min_tasks, 17)]
+    num_tasks, dim = draw(st.sampled_from(allowed))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     log_scales = draw(st.lists(st.floats(-6.0, 6.0), min_size=num_tasks, max_size=num_tasks))
     jac = rng.normal(size=(num_tasks, dim)) * 10.0 ** np.asarray(log_scales)[:, None]
@@ -62,7 +62,7 @@ def test_fuzz(name, dtype, request):
 
     @settings(max_examples=examples(request), deadline=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow])
-    @given(jacobians(claims.min_tasks))
+    @given(jacobians(claims.min_tasks, dtype))
     def check(example):
         jac, losses, kind = example
         num_tasks = jac.shape[0]

@@ -94,7 +94,8 @@ def graddrop(
         check_input_tasks("graddrop", num_tasks, per_task_grads)
         leaves, treedef = jax.tree.flatten(per_task_grads)
         key, *subs = jax.random.split(state.key, len(leaves) + 1)
-        updates = jax.tree.unflatten(treedef, [drop(x, k) for x, k in zip(leaves, subs)])
+        dropped = [drop(x, k) for x, k in zip(leaves, subs, strict=True)]
+        updates = jax.tree.unflatten(treedef, dropped)
         return MethodOutput(updates, GradDropState(key), None)
 
     return Method(init, apply, name="graddrop", num_tasks=num_tasks, level=level)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 
 def default_rtol(gram: jax.Array) -> float:
-    """``T · eps`` of the Gram matrix's dtype: the rank tolerance of ``numpy.linalg.matrix_rank``."""
+    """``T · eps`` of the Gram matrix's dtype (``numpy.linalg.matrix_rank``'s rank tolerance)."""
     return gram.shape[0] * float(jnp.finfo(gram.dtype).eps)
 
 

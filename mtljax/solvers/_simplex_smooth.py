@@ -55,7 +55,7 @@ def minimize_on_simplex(
         i, x, y, momentum, lipschitz, _ = carry
         fy, gy = value_and_grad(y)
         lips = lipschitz * factors
-        xs = jax.vmap(lambda l: project_simplex(y - gy / l))(lips)
+        xs = jax.vmap(lambda lip: project_simplex(y - gy / lip))(lips)
         fxs = jax.vmap(fun)(xs)
         diffs = xs - y
         model = fy + diffs @ gy + 0.5 * lips * jnp.sum(diffs**2, axis=1)
