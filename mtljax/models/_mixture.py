@@ -35,3 +35,30 @@ def check_experts(experts: Sequence[nnx.Module], owner: str) -> int:
             f"{sorted(map(str, widths))}."
         )
     return int(widths.pop())
+
+
+class GatedExperts(nnx.Module):
+    """Shared experts (``self.shared``) mixed per task by gates (``self.gates``), then heads.
+
+    Subclasses define :meth:`gate_weights`; task ``t`` predicts
+    ``y_t = h_t(Σ_e q_t(x)_e f_e(x))``. The experts' outputs ``[B, E, D]`` are the shared
+    representation, and the gates read the input, so :meth:`decode` takes ``x`` too.
+    """
+
+    decode_reads_input = True
+
+    def gate_weights(self, x: jax.Array) -> dict[str, jax.Array]:
+        """Every task's weights over the experts, ``[B, E]`` each."""
+        raise NotImplementedError
+
+    def encode(self, x: jax.Array) -> jax.Array:
+        """The experts' outputs ``[B, E, D]`` (the shared representation)."""
+        return stack_experts(self.shared, x)
+
+    def decode(self, rep: jax.Array, x: jax.Array) -> dict[str, jax.Array]:
+        """Every task's output from the experts' outputs ``rep`` and the gates' input ``x``."""
+        weights = self.gate_weights(x)
+        return {name: head(mix(weights[name], rep)) for name, head in self.heads.items()}
+
+    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+        return self.decode(self.encode(x), x)

@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from mtljax.models._heads import check_heads, linear_heads
-from mtljax.models._mixture import check_experts, mix, stack_experts
+from mtljax.models._mixture import GatedExperts, check_experts
 
 
 def smooth_step(t: jax.Array, gamma: float) -> jax.Array:
@@ -90,7 +90,7 @@ class DSelectGate(nnx.Module):
         return dselect_weights(z, logits[:, self.k * self.bits :], self.gamma)
 
 
-class DSelectK(nnx.Module):
+class DSelectK(GatedExperts):
     """A multi-task mixture of experts with one DSelect-k gate per task.
 
     As :class:`~mtljax.models.MMoE` with the softmax gates replaced by DSelect-k gates
@@ -120,7 +120,6 @@ class DSelectK(nnx.Module):
       Learning", NeurIPS 2021, arXiv:2106.03760.
     """
 
-    decode_reads_input = True
 
     def __init__(
         self,
@@ -154,15 +153,3 @@ class DSelectK(nnx.Module):
     def gate_weights(self, x: jax.Array) -> dict[str, jax.Array]:
         """Every task's weights over the experts, ``[B, E]`` each."""
         return {name: gate(x) for name, gate in self.gates.items()}
-
-    def encode(self, x: jax.Array) -> jax.Array:
-        """The experts' outputs ``[B, E, D]`` (the shared representation)."""
-        return stack_experts(self.shared, x)
-
-    def decode(self, rep: jax.Array, x: jax.Array) -> dict[str, jax.Array]:
-        """Every task's output from the experts' outputs ``rep`` and the gates' input ``x``."""
-        weights = self.gate_weights(x)
-        return {name: head(mix(weights[name], rep)) for name, head in self.heads.items()}
-
-    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-        return self.decode(self.encode(x), x)

@@ -8,10 +8,10 @@ import jax
 from flax import nnx
 
 from mtljax.models._heads import check_heads, linear_heads
-from mtljax.models._mixture import check_experts, mix, softmax_gate, stack_experts
+from mtljax.models._mixture import GatedExperts, check_experts, softmax_gate
 
 
-class MMoE(nnx.Module):
+class MMoE(GatedExperts):
     """Shared experts mixed by one softmax gate per task (Multi-gate Mixture-of-Experts).
 
     With experts ``f_1..f_E`` (any trunks with a common ``out_features``) and per-task gates
@@ -43,7 +43,6 @@ class MMoE(nnx.Module):
       with Multi-gate Mixture-of-Experts", KDD 2018.
     """
 
-    decode_reads_input = True
 
     def __init__(
         self,
@@ -64,15 +63,3 @@ class MMoE(nnx.Module):
     def gate_weights(self, x: jax.Array) -> dict[str, jax.Array]:
         """Every task's mixture weights over the experts, ``[B, E]`` each."""
         return {name: softmax_gate(gate, x) for name, gate in self.gates.items()}
-
-    def encode(self, x: jax.Array) -> jax.Array:
-        """The experts' outputs ``[B, E, D]`` (the shared representation)."""
-        return stack_experts(self.shared, x)
-
-    def decode(self, rep: jax.Array, x: jax.Array) -> dict[str, jax.Array]:
-        """Every task's output from the experts' outputs ``rep`` and the gates' input ``x``."""
-        weights = self.gate_weights(x)
-        return {name: head(mix(weights[name], rep)) for name, head in self.heads.items()}
-
-    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-        return self.decode(self.encode(x), x)
