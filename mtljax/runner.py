@@ -476,7 +476,9 @@ def run(
                 if tb:
                     tb.write(record)
             if bar is not None:
-                bar.set_postfix(loss=f"{float(np.sum(metrics['losses'])):.3f}", refresh=False)
+                latest = np.asarray(metrics["losses"])
+                bar.set_postfix({t: f"{v:.3f}" for t, v in zip(tasks.names, latest, strict=True)},
+                                refresh=False)
         pending.clear()
 
     def validate(step):
