@@ -43,7 +43,7 @@ def nyu_root(tmp_path):
 
 def test_nyuv2_reads_the_mtan_layout(nyu_root):
     root, train, val = nyu_root
-    data = load_nyuv2(root)
+    data = load_nyuv2(root, val_fraction=0)
     assert data.tasks.names == ("segmentation", "depth", "normal")
     assert data.input_shape == (288, 384, 3) and data.num_classes == {"segmentation": 13}
     got = data.splits["train"]
@@ -65,6 +65,10 @@ def test_nyuv2_reads_the_mtan_layout(nyu_root):
         )
     again = load_nyuv2(root, val_fraction=0.34, seed=1).source_ids
     assert np.array_equal(again["val"]["file_index"], ids["val"]["file_index"])
+    # The default holds out training scenes too: model selection never sees the test split.
+    default = load_nyuv2(root)
+    assert default.splits["val"] is not default.splits["test"]
+    assert len(default.source_ids["val"]["file_index"]) >= 1
 
 
 def test_nyuv2_layout_errors_name_the_culprit(nyu_root):
@@ -97,7 +101,7 @@ def test_cityscapes_reads_label_7_and_other_label_folders(tmp_path):
     root = str(tmp_path / "cityscapes")
     train = _write_scenes(root, "train", 2, (128, 256), CITY_DIRS, 7, 2)
     val = _write_scenes(root, "val", 2, (128, 256), CITY_DIRS, 7, 3)
-    data = load_cityscapes(root)
+    data = load_cityscapes(root, val_fraction=0)
     assert data.tasks.names == ("segmentation", "depth")
     assert data.input_shape == (128, 256, 3)
     np.testing.assert_array_equal(data.splits["train"]["x"], train["image"])
@@ -106,7 +110,7 @@ def test_cityscapes_reads_label_7_and_other_label_folders(tmp_path):
         load_cityscapes(root, label_dir="label_19", num_classes=19)
     for folder in ("train", "val"):
         os.rename(os.path.join(root, folder, "label_7"), os.path.join(root, folder, "label"))
-    libmtl = load_cityscapes(root, label_dir="label")
+    libmtl = load_cityscapes(root, label_dir="label", val_fraction=0)
     np.testing.assert_array_equal(
         libmtl.splits["train"]["segmentation"], train["label"].astype(np.int32)
     )

@@ -12,10 +12,11 @@ Multi-Task Learning with Attention", CVPR 2019, arXiv:1803.10704) and used by Li
   ``label_2`` and ``label_19``; LibMTL's copy names the 7-class folder ``label``).
 
 MTAN and LibMTL report results on the ``val`` folder. Here it is the ``"test"`` split; the
-``"val"`` split used for model selection is either the same arrays (``val_fraction=0``, the
-published protocol, where selection sees the test set) or a seeded random share of the
-training scenes (``val_fraction > 0``, leakage-free). Inputs stay ``[N, H, W, 3]`` (NHWC) and
-segmentation labels become int32 with ``-1`` for unlabelled pixels.
+``"val"`` split used for model selection is a seeded random share of the training scenes
+(``val_fraction > 0``, default 0.1, leakage-free), or, with ``val_fraction=0``, the test
+arrays themselves (the published protocol, where model selection sees the test set). Inputs
+stay ``[N, H, W, 3]`` (NHWC) and segmentation labels become int32 with ``-1`` for unlabelled
+pixels.
 """
 
 from __future__ import annotations
@@ -82,9 +83,14 @@ def _build(root, dataset, files, tasks, size, num_classes, val_fraction, seed, l
     n_train = len(train["x"])
     ids = {"train": np.arange(n_train), "test": np.arange(len(test["x"]))}
     if val_fraction > 0:
-        parts = group_split(
-            np.arange(n_train), {"train": 1 - val_fraction, "val": val_fraction}, seed=seed
-        )
+        if n_train < 2:
+            raise ValueError(
+                f"{dataset}: holding out validation scenes needs at least 2 training scenes, "
+                f"found {n_train}; pass val_fraction=0 to validate on the test scenes."
+            )
+        # At least one validation scene, however small the folder (e.g. with ``limit``).
+        share = max(val_fraction, 1.0 / n_train)
+        parts = group_split(np.arange(n_train), {"train": 1 - share, "val": share}, seed=seed)
         splits = {name: {k: a[idx] for k, a in train.items()} for name, idx in parts.items()}
         ids.update(parts)
     else:
@@ -103,7 +109,7 @@ def _build(root, dataset, files, tasks, size, num_classes, val_fraction, seed, l
 def load_nyuv2(
     root: str,
     *,
-    val_fraction: float = 0.0,
+    val_fraction: float = 0.1,
     seed: int = 0,
     limit: int | None = None,
     size: tuple[int, int] | None = NYUV2_SIZE,
@@ -113,8 +119,8 @@ def load_nyuv2(
 
     Args:
       root: the folder holding ``train/`` and ``val/``.
-      val_fraction: the share of training scenes held out for validation (0: validate on the
-        test scenes, as MTAN and LibMTL do).
+      val_fraction: the share of training scenes held out for validation (default 0.1; 0:
+        validate on the test scenes, as MTAN and LibMTL do).
       seed: seeds the validation hold-out.
       limit: read at most this many scenes per folder (quick experiments).
       size: the expected ``(height, width)`` of every file (checked); ``None`` accepts any.
@@ -145,7 +151,7 @@ def load_cityscapes(
     *,
     label_dir: str = "label_7",
     num_classes: int = CITYSCAPES_CLASSES,
-    val_fraction: float = 0.0,
+    val_fraction: float = 0.1,
     seed: int = 0,
     limit: int | None = None,
     size: tuple[int, int] | None = CITYSCAPES_SIZE,
