@@ -9,8 +9,8 @@ Command::
 Expected: 40–55 s on 2 CPU cores for the 8 default methods × 5 starts × 50 000 Adam steps
 (one ``lax.scan`` per method, ``vmap`` over starts). The papers' claim: EW (linear
 scalarisation) and PCGrad miss the Pareto set from some starts, MGDA reaches its ends,
-CAGrad, Nash-MTL and FAMO reach it from every start. Measured at s = 0.1: Nash-MTL and MGDA
-5/5, EW, PCGrad, CAGrad, IMTL-G, UPGrad 4/5, FAMO 3/5 (details and s = 1 in
+CAGrad, Nash-MTL and FAMO reach it from every start. Measured at s = 0.1: Nash-MTL, MGDA and
+FAMO 5/5, EW, PCGrad, CAGrad, IMTL-G, UPGrad 4/5 (details and s = 1 in
 ``docs/reproductions.md``); ``trajectories.png`` shows the paths over the loss landscape.
 """
 

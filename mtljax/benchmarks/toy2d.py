@@ -225,11 +225,12 @@ class Toy2D(BenchmarkConfig):
 
 
 def _default_kw(method: str, scale: float) -> dict:
-    # FAMO needs a lower bound of the losses (they go negative): the FAMO toy's (−21 s, −21).
+    # FAMO needs a lower bound of the losses (they go negative): the FAMO toy's (−21 s, −21),
+    # and, as in its toy script, no weight decay on the logits (γ = 0: the objective is fixed).
     # CAGrad's toy uses c = 0.5; a 50-iteration dual budget keeps its T = 2 weights within
     # 5e-4 (relative) of the 500-iteration solution at a tenth of the cost.
     return {
-        "famo": {"min_loss": (-21.0 * scale, -21.0)},
+        "famo": {"min_loss": (-21.0 * scale, -21.0), "gamma": 0.0},
         "cagrad": {"c": 0.5, "max_iters": 50, "tol": 1e-5},
     }.get(method, {})
 
