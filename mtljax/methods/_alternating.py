@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtljax.methods._base import Method, check_num_tasks, loss_weighting
+from mtljax.methods._base import Method, as_key, check_num_tasks, loss_weighting, losses_dtype
 
 ORDERS = ("random", "round_robin")
 
@@ -63,13 +63,11 @@ def alternating(
             )
         with np.errstate(divide="ignore"):
             log_probs = np.log(p / p.sum())
-    key0 = jax.random.key(key) if isinstance(key, int) else key
+    key0 = as_key(key)
 
     def weights_fn(state, *, task_losses=None, **extra):
         del extra
-        dtype = jnp.float32
-        if task_losses is not None:
-            dtype = jnp.promote_types(jnp.asarray(task_losses).dtype, jnp.float32)
+        dtype = losses_dtype(task_losses)
         key = state.key
         if order == "round_robin":
             task = state.step % num_tasks

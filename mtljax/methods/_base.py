@@ -136,6 +136,18 @@ def require_losses(name: str, num_tasks: int, task_losses) -> jax.Array:
     return losses
 
 
+def losses_dtype(task_losses) -> jnp.dtype:
+    """The dtype of loss weights: the losses' dtype, at least float32 (float32 without losses)."""
+    if task_losses is None:
+        return jnp.dtype(jnp.float32)
+    return jnp.promote_types(jnp.asarray(task_losses).dtype, jnp.float32)
+
+
+def as_key(key) -> jax.Array:
+    """A typed PRNG key from an int seed or a key."""
+    return jax.random.key(key) if isinstance(key, int) else key
+
+
 def weights_dtype(per_task_grads) -> jnp.dtype:
     """The dtype of T-sized computations for these gradients (at least float32)."""
     return linalg.gram_dtype(per_task_grads)

@@ -19,7 +19,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mtljax.methods._base import Method, check_num_tasks, loss_weighting, require_losses
+from mtljax.methods._base import (
+    Method,
+    check_num_tasks,
+    loss_weighting,
+    losses_dtype,
+    require_losses,
+)
 
 
 class DWAState(NamedTuple):
@@ -63,7 +69,7 @@ def dwa(
     def weights_fn(state, *, task_losses=None, **extra):
         del extra
         losses = require_losses("dwa", num_tasks, task_losses)
-        out_dtype = jnp.promote_types(losses.dtype, jnp.float32)
+        out_dtype = losses_dtype(losses)
         big = jnp.finfo(dtype).max
         ok = state.before_last > jnp.finfo(dtype).tiny
         ratio = jnp.where(ok, state.last / jnp.where(ok, state.before_last, 1.0), 1.0)

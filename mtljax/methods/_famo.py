@@ -30,7 +30,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtljax.methods._base import Method, check_num_tasks, loss_weighting, require_losses
+from mtljax.methods._base import (
+    Method,
+    check_num_tasks,
+    loss_weighting,
+    losses_dtype,
+    require_losses,
+)
 
 # Added to L − L*, as in the authors' description, so that a loss at its bound keeps a finite log.
 EPS = 1e-8
@@ -104,7 +110,7 @@ def famo(
     def weights_fn(state, *, task_losses=None, **extra):
         del extra
         losses = require_losses("famo", num_tasks, task_losses)
-        out_dtype = jnp.promote_types(losses.dtype, jnp.float32)
+        out_dtype = losses_dtype(losses)
         gaps = log_gaps(losses, jnp.promote_types(out_dtype, dtype))
         if not same_batch:
             state = step_logits(state, gaps)

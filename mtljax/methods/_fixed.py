@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtljax.methods._base import Method, check_num_tasks, loss_weighting
+from mtljax.methods._base import Method, check_num_tasks, loss_weighting, losses_dtype
 
 
 def fixed(num_tasks: int, *, weights) -> Method:
@@ -42,9 +42,7 @@ def fixed(num_tasks: int, *, weights) -> Method:
 
     def weights_fn(state, *, task_losses=None, **extra):
         del extra
-        dtype = jnp.float32
-        if task_losses is not None:
-            dtype = jnp.promote_types(jnp.asarray(task_losses).dtype, jnp.float32)
+        dtype = losses_dtype(task_losses)
         return jnp.asarray(values, dtype), state
 
     return loss_weighting("fixed", num_tasks, optax.EmptyState, weights_fn)

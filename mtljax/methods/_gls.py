@@ -14,7 +14,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
-from mtljax.methods._base import Method, check_num_tasks, loss_weighting, require_losses
+from mtljax.methods._base import (
+    Method,
+    check_num_tasks,
+    loss_weighting,
+    losses_dtype,
+    require_losses,
+)
 
 
 def gls(num_tasks: int, *, eps: float = 1e-12) -> Method:
@@ -42,7 +48,7 @@ def gls(num_tasks: int, *, eps: float = 1e-12) -> Method:
         del extra
         losses = require_losses("gls", num_tasks, task_losses)
         logs = jnp.log(
-            jnp.maximum(losses.astype(jnp.promote_types(losses.dtype, jnp.float32)), eps)
+            jnp.maximum(losses.astype(losses_dtype(losses)), eps)
         )
         return jnp.exp(jnp.mean(logs) - logs) / num_tasks, state
 

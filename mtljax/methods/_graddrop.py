@@ -33,6 +33,7 @@ from mtljax.methods._base import (
     LEVELS,
     Method,
     MethodOutput,
+    as_key,
     check_input_tasks,
     check_num_tasks,
 )
@@ -68,7 +69,7 @@ def graddrop(
         raise ValueError(f"graddrop: leak must lie in [0, 1] (scalar or [T]), got {leak!r}.")
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}.")
-    key0 = jax.random.key(key) if isinstance(key, int) else key
+    key0 = as_key(key)
 
     def init(params):
         del params

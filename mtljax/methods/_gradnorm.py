@@ -29,6 +29,7 @@ from mtljax.methods._base import (
     MethodOutput,
     check_input_tasks,
     check_num_tasks,
+    losses_dtype,
     require_losses,
 )
 
@@ -120,7 +121,7 @@ def gradnorm(
         new = jnp.maximum(optax.apply_updates(w, updates), 0.0).astype(dtype)
         total = jnp.sum(new)
         new = jnp.where(total > tiny, num_tasks * new / jnp.where(total > tiny, total, 1.0), 1.0)
-        weights = w.astype(jnp.promote_types(losses.dtype, jnp.float32))
+        weights = w.astype(losses_dtype(losses))
         new_state = GradNormState(new, opt_state, initial, state.step + 1)
         return MethodOutput(linalg.combine(per_task_grads, weights), new_state, weights)
 

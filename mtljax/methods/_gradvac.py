@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mtljax.methods._base import Method, check_num_tasks, gram_weighting
+from mtljax.methods._base import Method, as_key, check_num_tasks, gram_weighting
 from mtljax.methods._ew import REDUCTIONS
 
 
@@ -65,7 +65,7 @@ def gradvac(
         raise ValueError(f"gradvac: beta must be in [0, 1], got {beta}.")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
-    key0 = jax.random.key(key) if isinstance(key, int) else key
+    key0 = as_key(key)
 
     def init_state():
         return GradVacState(key0, jnp.zeros((num_tasks, num_tasks), jnp.result_type(float)))

@@ -21,7 +21,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtljax.methods._base import Method, check_num_tasks, loss_weighting, require_losses
+from mtljax.methods._base import (
+    Method,
+    check_num_tasks,
+    loss_weighting,
+    losses_dtype,
+    require_losses,
+)
 
 # e^{±S_MAX} stays finite in float32: a guard against scales drifting without bound (zero
 # losses push s up forever), not a constraint active in ordinary training.
@@ -66,7 +72,7 @@ def imtl_l(
         losses = require_losses("imtl_l", num_tasks, task_losses)
         s = state.log_scales
         scale = jnp.exp(s)
-        weights = scale.astype(jnp.promote_types(losses.dtype, jnp.float32))
+        weights = scale.astype(losses_dtype(losses))
         grad = scale * losses.astype(s.dtype) - 1.0
         updates, opt_state = tx.update(grad, state.opt_state, s)
         s = jnp.clip(optax.apply_updates(s, updates), -S_MAX, S_MAX).astype(s.dtype)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mtljax.methods._base import Method, check_num_tasks, gram_weighting
+from mtljax.methods._base import Method, as_key, check_num_tasks, gram_weighting
 from mtljax.methods._ew import REDUCTIONS
 
 
@@ -42,7 +42,7 @@ def pcgrad(num_tasks: int, *, reduction: str = "sum", key: jax.Array | int = 0) 
     num_tasks = check_num_tasks(num_tasks)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
-    key0 = jax.random.key(key) if isinstance(key, int) else key
+    key0 = as_key(key)
 
     def project_one(i, order, gram):
         tiny = jnp.finfo(gram.dtype).tiny

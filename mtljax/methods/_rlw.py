@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mtljax.methods._base import Method, check_num_tasks, loss_weighting
+from mtljax.methods._base import Method, as_key, check_num_tasks, loss_weighting, losses_dtype
 
 DISTRIBUTIONS = ("normal", "uniform", "dirichlet")
 
@@ -51,13 +51,11 @@ def rlw(
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}.")
     if not alpha > 0:
         raise ValueError(f"alpha must be positive, got {alpha!r}.")
-    key0 = jax.random.key(key) if isinstance(key, int) else key
+    key0 = as_key(key)
 
     def weights_fn(state, *, task_losses=None, **extra):
         del extra
-        dtype = jnp.float32
-        if task_losses is not None:
-            dtype = jnp.promote_types(jnp.asarray(task_losses).dtype, jnp.float32)
+        dtype = losses_dtype(task_losses)
         key, sub = jax.random.split(state.key)
         if distribution == "normal":
             weights = jax.nn.softmax(jax.random.normal(sub, (num_tasks,), dtype))

@@ -13,7 +13,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
-from mtljax.methods._base import Method, check_num_tasks, loss_weighting, require_losses
+from mtljax.methods._base import (
+    Method,
+    check_num_tasks,
+    loss_weighting,
+    losses_dtype,
+    require_losses,
+)
 
 
 def si(num_tasks: int, *, eps: float = 1e-12) -> Method:
@@ -39,7 +45,7 @@ def si(num_tasks: int, *, eps: float = 1e-12) -> Method:
     def weights_fn(state, *, task_losses=None, **extra):
         del extra
         losses = require_losses("si", num_tasks, task_losses)
-        losses = losses.astype(jnp.promote_types(losses.dtype, jnp.float32))
+        losses = losses.astype(losses_dtype(losses))
         return 1.0 / jnp.maximum(losses, eps), state
 
     return loss_weighting("si", num_tasks, optax.EmptyState, weights_fn)

@@ -24,7 +24,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mtljax.methods._base import Method, check_num_tasks, loss_weighting, require_losses
+from mtljax.methods._base import (
+    Method,
+    check_num_tasks,
+    loss_weighting,
+    losses_dtype,
+    require_losses,
+)
 
 WARMUPS = ("log", "ew")
 TRANSFORMS = ("log", "linear")
@@ -90,7 +96,7 @@ def stch(
     def weights_fn(state, *, task_losses=None, **extra):
         del extra
         losses = require_losses("stch", num_tasks, task_losses)
-        out_dtype = jnp.promote_types(losses.dtype, jnp.float32)
+        out_dtype = losses_dtype(losses)
         work = jnp.promote_types(out_dtype, dtype)
         safe = jnp.maximum(losses.astype(work), eps)
         nadir = jnp.maximum(state.loss_sum.astype(work) / nadir_steps, eps)

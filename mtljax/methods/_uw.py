@@ -23,7 +23,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtljax.methods._base import Method, check_num_tasks, loss_weighting, require_losses
+from mtljax.methods._base import (
+    Method,
+    check_num_tasks,
+    loss_weighting,
+    losses_dtype,
+    require_losses,
+)
 
 FORMS = ("half", "full")
 # e^{±S_MAX} stays finite in float32: a guard against log-variances drifting without bound
@@ -78,7 +84,7 @@ def uw(
         losses = require_losses("uw", num_tasks, task_losses)
         s = state.log_vars
         scale = coef * jnp.exp(-s)
-        weights = scale.astype(jnp.promote_types(losses.dtype, jnp.float32))
+        weights = scale.astype(losses_dtype(losses))
         grad = coef - scale * losses.astype(s.dtype)
         updates, opt_state = tx.update(grad, state.opt_state, s)
         s = jnp.clip(optax.apply_updates(s, updates), -S_MAX, S_MAX).astype(s.dtype)
