@@ -12,25 +12,13 @@ import optax
 import pytest
 from scipy.optimize import minimize
 from toy import make_problem
+from trees import as_tree, flat
 
 import mtljax
 from mtljax.methods import MethodOutput, get_method
 
 STEPS = 4
 T = 3
-
-
-def as_tree(matrix, dtype):
-    """Splits a ``[T, 5]`` matrix into ``{"a": [T, 3], "b": [T, 1, 2]}``."""
-    matrix = np.asarray(matrix)
-    return {
-        "a": jnp.asarray(matrix[:, :3], dtype),
-        "b": jnp.asarray(matrix[:, 3:].reshape(matrix.shape[0], 1, 2), dtype),
-    }
-
-
-def flat(tree):
-    return np.concatenate([np.asarray(x, np.float64).reshape(-1) for x in jax.tree.leaves(tree)])
 
 
 def jacobians(seed, steps=STEPS, num_tasks=T, conflict=True):
