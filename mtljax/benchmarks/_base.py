@@ -61,6 +61,17 @@ def write_summary(workdir: str | None, summary: dict) -> dict:
     return summary
 
 
+def sample_batches(batch_size: int, num_samples: int) -> Callable[[jax.Array, Any], Any]:
+    """A ``batch_fn`` for :func:`scan_train`: ``batch_size`` rows drawn uniformly with
+    replacement from the first ``num_samples`` rows of every array of ``data``."""
+
+    def batch_fn(key, data):
+        index = jax.random.randint(key, (batch_size,), 0, num_samples)
+        return jax.tree.map(lambda a: a[index], data)
+
+    return batch_fn
+
+
 def scan_train(
     loss: MultiTaskLoss,
     task_names: Sequence[str],

@@ -32,7 +32,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mtljax.benchmarks._base import BenchmarkConfig, regression_model, scan_train, write_summary
+from mtljax.benchmarks._base import (
+    BenchmarkConfig,
+    regression_model,
+    sample_batches,
+    scan_train,
+    write_summary,
+)
 from mtljax.models import MLP, HardSharing
 
 IN_FEATURES, OUT_FEATURES = 250, 100
@@ -101,9 +107,7 @@ class GradNormSynthetic(BenchmarkConfig):
         test_losses = jax.jit(lambda p: loss.decode(p, loss.encode(p, test), test)[0])
         initial = np.array([float(test_losses(params)[t]) for t in names])
 
-        def batch_fn(key, data):
-            index = jax.random.randint(key, (self.batch_size,), 0, self.n_train)
-            return jax.tree.map(lambda a: a[index], data)
+        batch_fn = sample_batches(self.batch_size, self.n_train)
 
         summary = {
             "benchmark": self.name,

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtljax.benchmarks._base import BenchmarkConfig, scan_train, write_summary
+from mtljax.benchmarks._base import BenchmarkConfig, sample_batches, scan_train, write_summary
 from mtljax.train import MultiTaskLoss
 
 TRUE_W = ((0.1, 0.2), (0.5, 0.9))
@@ -75,9 +75,7 @@ class Linear(BenchmarkConfig):
         x, y = make_data(self.n, self.noise, self.seed)
         data = {"x": jnp.asarray(x), "y": jnp.asarray(y)}
 
-        def batch_fn(key, data):
-            index = jax.random.randint(key, (self.batch_size,), 0, self.n)
-            return jax.tree.map(lambda a: a[index], data)
+        batch_fn = sample_batches(self.batch_size, self.n)
 
         params = {"shared": {"w": jnp.zeros((2, 2)), "b": jnp.zeros(2)}, "heads": {}}
         summary = {"benchmark": self.name, "config": dataclasses.asdict(self), "methods": {}}

@@ -36,7 +36,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mtljax.benchmarks._base import BenchmarkConfig, regression_model, scan_train, write_summary
+from mtljax.benchmarks._base import (
+    BenchmarkConfig,
+    regression_model,
+    sample_batches,
+    scan_train,
+    write_summary,
+)
 from mtljax.models import MLP, HardSharing, MMoE
 
 TASKS = ("y1", "y2")
@@ -139,9 +145,7 @@ class MMoESynthetic(BenchmarkConfig):
         train = jax.tree.map(lambda a: a[:, : self.n_train], arrays)
         test = jax.tree.map(lambda a: a[:, self.n_train :], arrays)
 
-        def batch_fn(key, data):
-            index = jax.random.randint(key, (self.batch_size,), 0, self.n_train)
-            return jax.tree.map(lambda a: a[index], data)
+        batch_fn = sample_batches(self.batch_size, self.n_train)
 
         keys = jax.random.split(jax.random.key(0), len(runs))
         results = {}

@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 
 from mtljax import objectives
-from mtljax.benchmarks._base import BenchmarkConfig, scan_train, write_summary
+from mtljax.benchmarks._base import BenchmarkConfig, sample_batches, scan_train, write_summary
 from mtljax.models import MLP, HardSharing, SequenceEncoder
 from mtljax.nnx_bridge import model_loss, model_predict, split_params
 
@@ -117,9 +117,7 @@ class Text(BenchmarkConfig):
             out = predict(params, test["x"])
             return {t: objectives.accuracy(out[t], test[t]) for t in TASKS}
 
-        def batch_fn(key, data):
-            index = jax.random.randint(key, (self.batch_size,), 0, self.n_train)
-            return jax.tree.map(lambda a: a[index], data)
+        batch_fn = sample_batches(self.batch_size, self.n_train)
 
         summary = {
             "benchmark": self.name,
