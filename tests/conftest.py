@@ -24,3 +24,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "nightly" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def small_data():
+    """MultiDigits with one pair per source image: the small dataset of the runner tests."""
+    from mtljax import runner
+
+    return runner.load_dataset(runner.RunConfig(dataset_kw={"pairs_per_image": 1}))
+
+
+@pytest.fixture
+def cached_data(monkeypatch, small_data):
+    """Every run in the test reuses the small dataset instead of rebuilding it."""
+    from mtljax import runner
+
+    monkeypatch.setattr(runner, "load_dataset", lambda config: small_data)
+    return small_data

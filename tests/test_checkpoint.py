@@ -135,11 +135,6 @@ def test_truncate_jsonl(tmp_path):
     assert read_jsonl(path) == [{"step": 1}, {"step": 10}, {"step": 20}, {"step": 20, "val": 1}]
 
 
-@pytest.fixture(scope="module")
-def small_data():
-    return runner.load_dataset(RunConfig(dataset_kw={"pairs_per_image": 1}))
-
-
 def test_resume_in_process_npz(tmp_path, monkeypatch, small_data):
     """A run stopped at its last checkpoint and resumed with more steps matches a longer run."""
     monkeypatch.setattr(checkpoint, "orbax_available", lambda: False)

@@ -29,18 +29,6 @@ SMALL = [
 ]
 
 
-@pytest.fixture(scope="module")
-def small_data():
-    return runner.load_dataset(RunConfig(dataset_kw={"pairs_per_image": 1}))
-
-
-@pytest.fixture
-def cached_data(monkeypatch, small_data):
-    """Every run in the test reuses one small dataset instead of rebuilding it."""
-    monkeypatch.setattr(runner, "load_dataset", lambda config: small_data)
-    return small_data
-
-
 def first_column(table):
     return {line.split()[0] for line in table.splitlines()[2:] if line.strip()}
 

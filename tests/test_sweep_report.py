@@ -8,7 +8,6 @@ import re
 import numpy as np
 import pytest
 
-from mtljax import runner
 from mtljax.cli import main
 from mtljax.evaluation import delta_m, delta_p
 from mtljax.metrics_log import JsonlWriter
@@ -36,18 +35,6 @@ SMALL = {
 SMALL_FLAGS = [
     arg for key, value in SMALL.items() for arg in ("--set", f"{key}={json.dumps(value)}")
 ]
-
-
-@pytest.fixture(scope="module")
-def small_data():
-    return runner.load_dataset(RunConfig(dataset_kw={"pairs_per_image": 1}))
-
-
-@pytest.fixture
-def cached_data(monkeypatch, small_data):
-    """Every run in the test reuses one small dataset instead of rebuilding it."""
-    monkeypatch.setattr(runner, "load_dataset", lambda config: small_data)
-    return small_data
 
 
 def sweep_lines(out):

@@ -23,11 +23,6 @@ SMALL = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def small_data():
-    return runner.load_dataset(RunConfig(**SMALL))
-
-
 def _crc32c_table():
     table = []
     for byte in range(256):
