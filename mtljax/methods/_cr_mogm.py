@@ -72,7 +72,7 @@ def cr_mogm(
     inner = get_method(base, num_tasks, **(base_kw or {}), **base_hparams)
 
     def init(params):
-        dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(params)), jnp.float32)
+        dtype = weights_dtype(params)
         return CRMOGMState(
             inner.init(params),
             jnp.full((num_tasks,), 1.0 / num_tasks, dtype),

@@ -26,7 +26,13 @@ import jax
 import jax.numpy as jnp
 
 from mtljax import linalg
-from mtljax.methods._base import Method, MethodOutput, check_input_tasks, check_num_tasks
+from mtljax.methods._base import (
+    Method,
+    MethodOutput,
+    check_input_tasks,
+    check_num_tasks,
+    weights_dtype,
+)
 from mtljax.methods._ew import REDUCTIONS
 
 EPS = 1e-7
@@ -63,7 +69,7 @@ def excess_mtl(
     total = 1.0 if reduction == "mean" else float(num_tasks)
 
     def init(params):
-        dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(params)), jnp.float32)
+        dtype = weights_dtype(params)
         acc = jax.tree.map(
             lambda p: jnp.zeros((num_tasks, *p.shape), jnp.promote_types(p.dtype, jnp.float32)),
             params,

@@ -87,7 +87,7 @@ def moco(
         raise ValueError(f"simplex_map must be one of {SIMPLEX_MAPS}, got {simplex_map!r}.")
 
     def init(params):
-        dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(params)), jnp.float32)
+        dtype = weights_dtype(params)
         tracking = jax.tree.map(lambda p: jnp.zeros((num_tasks, *p.shape), p.dtype), params)
         return MoCoState(
             jnp.zeros((), jnp.int32), tracking, jnp.full((num_tasks,), 1.0 / num_tasks, dtype)

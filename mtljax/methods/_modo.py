@@ -57,7 +57,7 @@ def modo(num_tasks: int, *, gamma: float = 1e-3, rho: float = 0.1) -> Method:
         raise ValueError(f"rho must be >= 0, got {rho!r}.")
 
     def init(params):
-        dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(params)), jnp.float32)
+        dtype = weights_dtype(params)
         return MoDoState(jnp.full((num_tasks,), 1.0 / num_tasks, dtype))
 
     def apply(

@@ -116,7 +116,7 @@ def sdmgrad(
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
 
     def init(params):
-        dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(params)), jnp.float32)
+        dtype = weights_dtype(params)
         return SDMGradState(jnp.full((num_tasks,), 1.0 / num_tasks, dtype))
 
     def apply(
