@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 
 from mtljax.models._heads import check_heads, linear_heads
+from mtljax.models.mlp import flatten_input
 
 
 class StitchedColumns(nnx.Module):
@@ -66,12 +67,7 @@ class StitchedColumns(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``[B, ...]`` → every column's output ``[T, B, D]``."""
-        x = x.reshape(x.shape[0], -1)
-        if x.shape[1] != self.in_features:
-            raise ValueError(
-                f"StitchedColumns expects {self.in_features} features per sample, got input "
-                f"shape {x.shape} after flattening."
-            )
+        x = flatten_input(x, self.in_features, "StitchedColumns")
         h = jnp.broadcast_to(x, (self.stitches.shape[1], *x.shape))
         units = self.stitches[...]
         for layer, (kernel, bias) in enumerate(zip(self.kernels, self.biases, strict=True)):

@@ -8,6 +8,17 @@ import jax
 from flax import nnx
 
 
+def flatten_input(x: jax.Array, in_features: int, owner: str) -> jax.Array:
+    """``[B, ...]`` → ``[B, in_features]``; raises naming ``owner`` if the sizes differ."""
+    x = x.reshape(x.shape[0], -1)
+    if x.shape[1] != in_features:
+        raise ValueError(
+            f"{owner} expects {in_features} features per sample, got input shape "
+            f"{x.shape} after flattening."
+        )
+    return x
+
+
 class MLP(nnx.Module):
     """A ReLU MLP: ``x -> relu(W_k ... relu(W_1 flatten(x)))``.
 
@@ -41,12 +52,7 @@ class MLP(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.reshape(x.shape[0], -1)
-        if x.shape[1] != self.in_features:
-            raise ValueError(
-                f"MLP expects {self.in_features} features per sample, got input shape "
-                f"{x.shape} after flattening."
-            )
+        x = flatten_input(x, self.in_features, "MLP")
         for layer in self.layers:
             x = jax.nn.relu(layer(x))
         return x
