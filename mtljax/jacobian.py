@@ -4,11 +4,15 @@
 identity gives the T per-task gradients. How the T pullbacks run is a strategy:
 
 * ``"vmap"`` — batched into one large backward pass (fastest on accelerators, T× the memory);
+* ``"unroll"`` — T separate backward passes written out in the traced program (no loop, no
+  batching); compile time grows with T;
 * ``"map"`` — one after the other with ``lax.map`` (least memory);
-* ``"auto"`` — ``"vmap"`` on every backend. Measured on CPU (jax 0.10, 2 cores, see
-  ``docs/benchmarks.md``): ``"map"`` matches ``"vmap"`` on an MLP trunk but makes a conv
-  trunk's Jacobian ~100× slower, since XLA:CPU runs convolutions inside the loop body without
-  its fast kernels;
+* ``"auto"`` — ``"unroll"`` on CPU, ``"vmap"`` on other backends. Measured on CPU (jax 0.10,
+  2 cores, ``docs/benchmarks.md``): the batched pullback writes each weight gradient with the
+  task axis inside it, and XLA:CPU then transposes the whole ``[T, P]`` Jacobian; the
+  unrolled passes write every row in place and run the MLP workload's Jacobian in half the
+  time (T = 40). ``"map"`` is as fast on an MLP but ~100× slower on a conv trunk, since
+  XLA:CPU runs convolutions inside a loop body without its fast kernels;
 * ``chunk_size=k`` — ``lax.map`` over chunks of k rows, each chunk vmapped: bounds peak memory
   for large T at a cost between the two. :func:`chunk_size_for_budget` picks k from a memory
   budget.
@@ -23,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-STRATEGIES = ("auto", "vmap", "map")
+STRATEGIES = ("auto", "vmap", "unroll", "map")
 
 
 def resolve_strategy(strategy: str) -> str:
@@ -31,7 +35,7 @@ def resolve_strategy(strategy: str) -> str:
     if strategy not in STRATEGIES:
         raise ValueError(f"Jacobian strategy must be one of {STRATEGIES}, got {strategy!r}.")
     if strategy == "auto":
-        return "vmap"
+        return "unroll" if jax.default_backend() == "cpu" else "vmap"
     return strategy
 
 
@@ -47,7 +51,7 @@ def pull_back(
     Args:
       vjp_fn: the pullback of a function with a ``[T]`` output, from ``jax.vjp``.
       cotangents: the ``[K, T]`` rows to pull back.
-      strategy: ``"auto"``, ``"vmap"`` or ``"map"``.
+      strategy: ``"auto"``, ``"vmap"``, ``"unroll"`` or ``"map"``.
       chunk_size: if set, ``lax.map`` over chunks of this many rows (overrides strategy).
 
     Returns:
@@ -57,8 +61,12 @@ def pull_back(
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
         return lax.map(vjp_fn, cotangents, batch_size=min(chunk_size, cotangents.shape[0]))
-    if resolve_strategy(strategy) == "vmap":
+    strategy = resolve_strategy(strategy)
+    if strategy == "vmap":
         return jax.vmap(vjp_fn)(cotangents)
+    if strategy == "unroll":
+        pulled = [vjp_fn(row) for row in cotangents]
+        return jax.tree.map(lambda *rows: jnp.stack(rows), *pulled)
     return lax.map(vjp_fn, cotangents)
 
 

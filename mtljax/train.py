@@ -137,7 +137,9 @@ def make_train_step(
       nonfinite: policy for NaN/Inf in a task's loss or gradient: ``"raise"`` (the update is
         skipped and ``metrics["nonfinite"]`` flags the task; the runner raises naming it),
         ``"skip"`` (skip the update) or ``"zero"`` (drop those tasks from this step). A
-        task is dropped when its loss or its gradient row is non-finite. A NaN that enters
+        task is dropped when its loss or its gradient row is non-finite (for Gram-space
+        methods: when ``G_tt = ‖g_t‖²`` is, which also flags a norm beyond the float range).
+        A NaN that enters
         through shared computation (e.g. a NaN target feeding a matmul shared by all heads,
         where the pullback computes ``0 · NaN``) reaches every task's row, so ``"zero"`` then
         drops every task and the step does nothing, as ``"skip"`` would; ``metrics["nonfinite"]``
@@ -194,6 +196,8 @@ def make_train_step(
     if weight_heads is None:
         weight_heads = method.kind == "loss"
     use_jacobian = method.kind == "gradient" or diagnostics
+    # Methods defined on G alone (gram_weighting) get G and Jᵀw from the step itself.
+    gram_space = method.gram_weights is not None and method.num_batches == 1
     pmean_losses = axis_name is not None and reduce == "loss" and not local
     pmean_grads = axis_name is not None and reduce == "grad" and not local
     # Per-device Jacobians (local mode, task sharding): differentiating at device-varying
@@ -237,7 +241,13 @@ def make_train_step(
     def param_jacobian(params, batch):
         losses, vjp_fn, aux = jax.vjp(lambda p: full_losses(p, batch), params, has_aux=True)
         (jac,) = rows(vjp_fn, losses.dtype)
-        return global_mean(losses), global_mean(jac), aux
+
+        def shared_combination(weights):
+            # Jᵀw as one more pullback: cheaper than reading the [T, P] Jacobian again.
+            (grads,) = vjp_fn(weights.astype(losses.dtype))
+            return global_mean(grads["shared"])
+
+        return global_mean(losses), global_mean(jac), aux, shared_combination
 
     def task_sharded_jacobian(params, batch):
         # This device's ⌈T/N⌉ rows of the Jacobian; losses and aux are equal on every device.
@@ -295,7 +305,8 @@ def make_train_step(
         return jax.tree.map(one, tree)
 
     def row_finite(tree, size):
-        parts = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1) for x in
+        # Reduce over the leaf's own axes: a reshape first makes XLA:CPU copy the Jacobian.
+        parts = [jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim))) for x in
                  jax.tree.leaves(tree)]
         # An empty tree (a model without task-specific parameters) has no bad rows.
         return jnp.stack(parts).all(0) if parts else jnp.ones((size,), bool)
@@ -380,7 +391,7 @@ def make_train_step(
              metrics) = task_sharded_update(state, cparams, batch)
         else:
             if level == "parameters":
-                losses, jac, aux = param_jacobian(varying(cparams), batch)
+                losses, jac, aux, shared_combination = param_jacobian(varying(cparams), batch)
                 shared_jac, head_jac = jac["shared"], jac["heads"]
                 if method.num_batches > 1:
                     extra["extra_per_task_grads"] = tuple(
@@ -388,25 +399,43 @@ def make_train_step(
                     )
             else:
                 losses, shared_jac, head_jac, enc_vjp, aux = rep_jacobian(cparams, batch)
-            ok = (jnp.isfinite(losses) & row_finite(shared_jac, num_tasks)
-                  & row_finite(head_jac, num_tasks))
+                shared_combination = None
+            if gram_space:
+                # G once; a non-finite gradient row shows on G's diagonal, so the Jacobian
+                # is not read again to check it.
+                g = linalg.gram(shared_jac)
+                shared_ok = jnp.isfinite(jnp.diagonal(g))
+            else:
+                shared_ok = row_finite(shared_jac, num_tasks)
+            ok = jnp.isfinite(losses) & shared_ok & row_finite(head_jac, num_tasks)
             if nonfinite == "zero":
                 shared_jac, head_jac = mask_rows(shared_jac, ok), mask_rows(head_jac, ok)
             safe_losses = jnp.where(ok, losses, 1.0)
-            out = method.apply(
-                shared_jac, state.method_state, cparams["shared"], task_losses=safe_losses,
-                **extra
-            )
-            method_state, weights = out.state, out.weights
+            if gram_space:
+                if nonfinite == "zero":
+                    g = jnp.where(ok[:, None] & ok[None, :], g, jnp.zeros_like(g))
+                weights, method_state = method.gram_weights(
+                    g, state.method_state, task_losses=safe_losses
+                )
+                if shared_combination is None or nonfinite == "zero" or vary_axis is not None:
+                    direction = linalg.combine(shared_jac, weights)
+                else:
+                    direction = shared_combination(weights)
+            else:
+                out = method.apply(
+                    shared_jac, state.method_state, cparams["shared"], task_losses=safe_losses,
+                    **extra
+                )
+                method_state, weights, direction = out.state, out.weights, out.updates
             head_weights = weights if (weight_heads and weights is not None) else None
             if head_weights is None:
                 head_weights = jnp.ones((num_tasks,), losses.dtype)
             head_update = linalg.combine(head_jac, jnp.where(ok, head_weights, 0.0))
-            direction = out.updates
             metrics = {}
             if diagnostics:
                 if weights is not None:
-                    metrics.update(diagnostics_from_gram(linalg.gram(shared_jac), weights))
+                    g = g if gram_space else linalg.gram(shared_jac)
+                    metrics.update(diagnostics_from_gram(g, weights))
                 else:
                     g = linalg.gram(shared_jac)
                     task_dots = linalg.dots(shared_jac, direction)

@@ -144,6 +144,37 @@ def test_nonfinite_task_skips_the_update(policy, method):
         np.testing.assert_array_equal(a, b)
 
 
+@jax.custom_vjp
+def exploding(x):
+    """The identity, whose pullback sends a non-zero cotangent to infinity (and 0 to 0)."""
+    return x
+
+
+exploding.defvjp(lambda x: (x, None),
+                 lambda _, ct: (jnp.where(ct == 0, 0.0, ct * jnp.inf),))
+
+
+def inf_gradient_in_t1(p, b):
+    # Finite losses; only row t1 of the shared Jacobian is infinite.
+    rep = jnp.tanh(b["x"] @ exploding(p["shared"]["w1"]))
+    t1 = jnp.mean((rep @ p["heads"]["t1"]["w"] - b["y"][:, 1]) ** 2)
+    return {"t0": mse(p, b, 0), "t1": t1, "t2": mse(p, b, 2)}
+
+
+# MGDA and UPGrad run from the Gram matrix (finiteness read from its diagonal); trimmed_mean
+# sees the Jacobian itself.
+@pytest.mark.parametrize("method", ["mgda", "upgrad", "trimmed_mean"])
+def test_infinite_gradient_with_finite_loss_is_flagged(method):
+    step, state, batch = step_for(inf_gradient_in_t1, method=method, nonfinite="raise")
+    new_state, metrics = jax.jit(step)(state, batch)
+    assert np.all(np.isfinite(metrics["losses"]))
+    np.testing.assert_array_equal(metrics["nonfinite"], [False, True, False])
+    assert bool(metrics["skipped"])
+    for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(state.params),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("diagnostics", [False, True])
 def test_nonfinite_zero_drops_the_task(diagnostics):
     """``zero``: the NaN task is dropped; the others update as if it were absent (EW, both the

@@ -44,7 +44,8 @@ def toy_losses(dtype, num_tasks=3):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "strategy, chunk_size",
-    [("vmap", None), ("map", None), ("auto", None), ("map", 1), ("vmap", 2), ("auto", 7)],
+    [("vmap", None), ("unroll", None), ("map", None), ("auto", None), ("map", 1), ("vmap", 2),
+     ("auto", 7)],
 )
 def test_per_task_gradients_equal_separate_grads(dtype, strategy, chunk_size):
     """Row t of the Jacobian is ``jax.grad`` of loss t, for every strategy and chunk size
