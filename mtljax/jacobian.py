@@ -65,9 +65,18 @@ def pull_back(
     if strategy == "vmap":
         return jax.vmap(vjp_fn)(cotangents)
     if strategy == "unroll":
-        pulled = [vjp_fn(row) for row in cotangents]
-        return jax.tree.map(lambda *rows: jnp.stack(rows), *pulled)
+        return stack_tasks(pull_back_each(vjp_fn, cotangents))
     return lax.map(vjp_fn, cotangents)
+
+
+def pull_back_each(vjp_fn: Callable[[jax.Array], Any], cotangents: jax.Array) -> list:
+    """The ``"unroll"`` strategy before stacking: one pullback output per row of ``cotangents``."""
+    return [vjp_fn(row) for row in cotangents]
+
+
+def stack_tasks(pulled: list, axis: int = 0):
+    """Stacks per-task pytrees into one pytree with a task axis at ``axis`` on every leaf."""
+    return jax.tree.map(lambda *rows: jnp.stack(rows, axis=axis), *pulled)
 
 
 def pull_back_rows(

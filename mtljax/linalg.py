@@ -3,7 +3,8 @@
 A Jacobian is a pytree whose leaves have a leading task axis, ``[T, *p]``. Every method reduces
 it to T-sized quantities through these functions and never touches P-sized data otherwise:
 
-* ``gram(J) = J Jᵀ``  (``[T, T]``), accumulated leaf by leaf with no flattening copy;
+* ``gram(J) = J Jᵀ``  (``[T, T]``), accumulated leaf by leaf with no flattening copy
+  (``gram_of_columns`` for a Jacobian stored task-last);
 * ``combine(J, w) = Jᵀ w``  (a pytree shaped like one task's gradient).
 
 Gram matrices are computed in at least float32 (bf16 Jacobians give float32 Grams), so that
@@ -54,6 +55,29 @@ def gram(per_task) -> jax.Array:
             preferred_element_type=dtype,
         )
         for rows in map(_as_rows, jax.tree.leaves(per_task))
+    ]
+    return sum(blocks[1:], blocks[0]).astype(dtype)
+
+
+def gram_of_columns(per_task_columns) -> jax.Array:
+    """``G = J Jᵀ`` from a Jacobian stored task-last: leaves ``[*p, T]``.
+
+    The same matrix as :func:`gram` of the task-first Jacobian. On XLA:CPU a dot that contracts
+    the leading axis of a tall ``[P, T]`` matrix runs about 3× faster than one that contracts
+    the trailing axis of ``[T, P]`` (jax 0.10, ``docs/benchmarks.md``), and the unrolled
+    Jacobian engine writes its rows task-last at no extra cost.
+    """
+    dtype = gram_dtype(per_task_columns)
+    blocks = [
+        lax.dot_general(
+            columns,
+            columns,
+            (((0,), (0,)), ((), ())),
+            precision=lax.Precision.HIGHEST,
+            preferred_element_type=dtype,
+        )
+        for columns in (leaf.reshape(-1, leaf.shape[-1]) for leaf in
+                        jax.tree.leaves(per_task_columns))
     ]
     return sum(blocks[1:], blocks[0]).astype(dtype)
 

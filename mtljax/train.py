@@ -55,7 +55,7 @@ from jax import lax
 
 from mtljax import linalg, parallel
 from mtljax.diagnostics import gram_diagnostics
-from mtljax.jacobian import pull_back
+from mtljax.jacobian import pull_back, pull_back_each, resolve_strategy, stack_tasks
 from mtljax.methods import Method
 from mtljax.tasks import Tasks, as_tasks
 
@@ -198,6 +198,7 @@ def make_train_step(
     use_jacobian = method.kind == "gradient" or diagnostics
     # Methods defined on G alone (gram_weighting) get G and Jᵀw from the step itself.
     gram_space = method.gram_weights is not None and method.num_batches == 1
+    unrolled = chunk_size is None and resolve_strategy(strategy) == "unroll"
     pmean_losses = axis_name is not None and reduce == "loss" and not local
     pmean_grads = axis_name is not None and reduce == "grad" and not local
     # Per-device Jacobians (local mode, task sharding): differentiating at device-varying
@@ -239,15 +240,26 @@ def make_train_step(
         return decode_losses(params, loss.encode(params, batch), batch)
 
     def param_jacobian(params, batch):
+        # Also returns Jᵀw as a function (one more pullback: cheaper than reading the [T, P]
+        # Jacobian again) and, for Gram-space methods, G.
         losses, vjp_fn, aux = jax.vjp(lambda p: full_losses(p, batch), params, has_aux=True)
-        (jac,) = rows(vjp_fn, losses.dtype)
+        if gram_space and unrolled:
+            # The shared rows are also stacked task-last, the layout XLA:CPU's Gram dot wants;
+            # a task-first stack no consumer reads is dropped by XLA.
+            eye = varying(jnp.eye(num_tasks, dtype=losses.dtype))
+            pulled = [grads for (grads,) in pull_back_each(vjp_fn, eye)]
+            jac = stack_tasks(pulled)
+            columns = global_mean(stack_tasks([grads["shared"] for grads in pulled], axis=-1))
+            g = linalg.gram_of_columns(columns)
+        else:
+            (jac,) = rows(vjp_fn, losses.dtype)
+            g = None
 
         def shared_combination(weights):
-            # Jᵀw as one more pullback: cheaper than reading the [T, P] Jacobian again.
             (grads,) = vjp_fn(weights.astype(losses.dtype))
             return global_mean(grads["shared"])
 
-        return global_mean(losses), global_mean(jac), aux, shared_combination
+        return global_mean(losses), global_mean(jac), aux, shared_combination, g
 
     def task_sharded_jacobian(params, batch):
         # This device's ⌈T/N⌉ rows of the Jacobian; losses and aux are equal on every device.
@@ -391,7 +403,7 @@ def make_train_step(
              metrics) = task_sharded_update(state, cparams, batch)
         else:
             if level == "parameters":
-                losses, jac, aux, shared_combination = param_jacobian(varying(cparams), batch)
+                losses, jac, aux, shared_combination, g = param_jacobian(varying(cparams), batch)
                 shared_jac, head_jac = jac["shared"], jac["heads"]
                 if method.num_batches > 1:
                     extra["extra_per_task_grads"] = tuple(
@@ -399,11 +411,11 @@ def make_train_step(
                     )
             else:
                 losses, shared_jac, head_jac, enc_vjp, aux = rep_jacobian(cparams, batch)
-                shared_combination = None
+                shared_combination, g = None, None
             if gram_space:
                 # G once; a non-finite gradient row shows on G's diagonal, so the Jacobian
                 # is not read again to check it.
-                g = linalg.gram(shared_jac)
+                g = linalg.gram(shared_jac) if g is None else g
                 shared_ok = jnp.isfinite(jnp.diagonal(g))
             else:
                 shared_ok = row_finite(shared_jac, num_tasks)
