@@ -203,14 +203,15 @@ def median_time(call: Callable[[], Any], *, warmup: int, repeats: int) -> tuple[
     return statistics.median(times[warmup:]), times[warmup:]
 
 
-def time_jax_step(name: str, num_tasks: int, args) -> dict:
+def time_jax_step(name: str, num_tasks: int, args, *, chunk_size: int | None = None) -> dict:
     """Compile time and median step time of the jitted mtljax train step."""
     tasks, loss, params, batch = WORKLOADS[args.workload](num_tasks, seed=args.seed)
     method = build_method(name, num_tasks)
     opt = optax.sgd(LEARNING_RATE)
     # diagnostics=False: time the method, not the optional conflict metrics.
     step = jax.jit(
-        mtljax.make_train_step(loss, tasks, method, opt, strategy=args.strategy, diagnostics=False),
+        mtljax.make_train_step(loss, tasks, method, opt, strategy=args.strategy,
+                               chunk_size=chunk_size, diagnostics=False),
         donate_argnums=0,
     )
     state = mtljax.init_train_state(params, opt, method)
@@ -407,6 +408,21 @@ def step_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def chunk_table(rows: list[dict], steps: list[dict]) -> str:
+    """Markdown table of the chunked-Jacobian rows against the same method unchunked."""
+    unchunked = {(r["tasks"], r["method"]): r for r in steps}
+    lines = ["| T | method | chunk_size | step (ms) | memory (MB) | × unchunked time "
+             "| × unchunked memory |", "|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ref = unchunked.get((r["tasks"], r["method"]), {})
+        lines.append(
+            f"| {r['tasks']} | {r['method']} | {r['chunk_size']} | {ms(r['step_s'])} "
+            f"| {megabytes(r['peak_bytes'])} | {ratio(r['step_s'], ref.get('step_s'))} "
+            f"| {ratio(r['peak_bytes'], ref.get('peak_bytes'))} |"
+        )
+    return "\n".join(lines)
+
+
 def aggregation_table(rows: list[dict]) -> str:
     lines = [
         "| T | method | mtljax apply (ms) | torchjd aggregator (ms) |",
@@ -459,6 +475,14 @@ def parse_args(argv=None):
         default=len(os.sched_getaffinity(0)),
         help="torch threads (default: the cores this process may use)",
     )
+    parser.add_argument(
+        "--chunks",
+        type=int_list,
+        default=[],
+        help="chunk sizes to time with --chunk-method at the largest T (default: none)",
+    )
+    parser.add_argument("--chunk-method", default="upgrad",
+                        help="method of the chunked-Jacobian rows (default: %(default)s)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -494,6 +518,13 @@ def main(argv=None) -> dict:
                 row.update(torch_step_s=torch_row["step_s"], torch_times_s=torch_row["times_s"])
             steps.append(row)
             print(f"step T={num_tasks} {name}: {ms(row['step_s'])} ms", flush=True)
+    chunks = []
+    for chunk_size in args.chunks:
+        num_tasks = max(args.tasks)
+        row = {"tasks": num_tasks, "method": args.chunk_method, "chunk_size": chunk_size,
+               **time_jax_step(args.chunk_method, num_tasks, args, chunk_size=chunk_size)}
+        chunks.append(row)
+        print(f"chunked T={num_tasks} k={chunk_size}: {ms(row['step_s'])} ms", flush=True)
     aggs = []
     for num_tasks in args.agg_tasks:
         host_jac, host_losses = random_jacobian(num_tasks, num_params, args.seed)
@@ -528,11 +559,15 @@ def main(argv=None) -> dict:
         "environment": env,
         "notes": notes,
         "steps": steps,
+        "chunks": chunks,
         "aggregation": aggs,
     }
     print()
     print(f"## {args.workload} train step (P = {shared_params:,} shared parameters)\n")
     print(step_table(steps))
+    if chunks:
+        print("\n## Chunked Jacobian\n")
+        print(chunk_table(chunks, steps))
     print(f"\n## Aggregation alone on a random [T, {num_params:,}] Jacobian\n")
     print(aggregation_table(aggs))
     print("\n## Environment\n")

@@ -228,6 +228,18 @@ def _cmd_plot(args) -> int:
     return 0
 
 
+def _cmd_launch(args) -> int:
+    from mtljax.launch import launch_local
+
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    codes = launch_local(command, args.num_processes, devices_per_process=args.devices_per_process,
+                         port=args.port, timeout=args.timeout)
+    for process_id, code in enumerate(codes):
+        if code:
+            print(f"mtljax launch: process {process_id} exited with {code}", file=sys.stderr)
+    return next((abs(code) for code in codes if code), 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtljax", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -281,6 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     plot_parser = sub.add_parser("plot", help="plot a run's metrics.jsonl")
     plot_parser.add_argument("workdir")
     plot_parser.set_defaults(fn=_cmd_plot)
+    launch_parser = sub.add_parser(
+        "launch", help="run a command as N processes of one jax.distributed job on this machine"
+    )
+    launch_parser.add_argument("-n", "--num-processes", type=int, required=True)
+    launch_parser.add_argument("--devices-per-process", type=int,
+                               help="force this many CPU devices in each process")
+    launch_parser.add_argument("--port", type=int, help="coordinator port (default: a free one)")
+    launch_parser.add_argument("--timeout", type=float, help="stop every process after S seconds")
+    launch_parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    launch_parser.set_defaults(fn=_cmd_launch)
     return parser
 
 
@@ -290,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, KeyError, RuntimeError) as error:
+    except (ValueError, KeyError, RuntimeError, TimeoutError) as error:
         print(f"mtljax: error: {error}", file=sys.stderr)
         return 1
 

@@ -5,7 +5,8 @@ it to T-sized quantities through these functions and never touches P-sized data 
 
 * ``gram(J) = J Jᵀ``  (``[T, T]``), accumulated leaf by leaf with no flattening copy
   (``gram_of_columns`` for a Jacobian stored task-last);
-* ``combine(J, w) = Jᵀ w``  (a pytree shaped like one task's gradient).
+* ``combine(J, w) = Jᵀ w``  (a pytree shaped like one task's gradient; ``combine_columns``
+  for a Jacobian stored task-last).
 
 Gram matrices are computed in at least float32 (bf16 Jacobians give float32 Grams), so that
 the T×T solves downstream are well conditioned under mixed precision.
@@ -80,6 +81,18 @@ def gram_of_columns(per_task_columns) -> jax.Array:
                         jax.tree.leaves(per_task_columns))
     ]
     return sum(blocks[1:], blocks[0]).astype(dtype)
+
+
+def combine_columns(per_task_columns, weights: jax.Array):
+    """:func:`combine` of a Jacobian stored task-last (leaves ``[*p, T]``): ``Jᵀ w``."""
+
+    def one(leaf):
+        w = weights.astype(jnp.promote_types(leaf.dtype, weights.dtype))
+        out = jnp.tensordot(leaf.astype(w.dtype), w, axes=(-1, 0),
+                            precision=lax.Precision.HIGHEST)
+        return out.astype(leaf.dtype)
+
+    return jax.tree.map(one, per_task_columns)
 
 
 def combine(per_task, weights: jax.Array):

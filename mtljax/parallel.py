@@ -28,10 +28,13 @@ all-reduce of n bytes moves about ``2·(N−1)/N·n`` per device):
 * task sharded: the ring Gram passes every device's ``[T/N, P]`` block around the ring,
   ``(N−1)·(T/N)·P·b`` bytes sent per device, plus a ``P·b`` all-reduce of ``Jᵀw``; the peak
   Jacobian memory per device is two blocks, ``2·(T/N)·P·b``, instead of ``T·P·b``.
+
+:func:`collective_bytes` measures these payloads in a compiled step.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import jax
@@ -260,3 +263,42 @@ def replicate_on_mesh(tree, mesh: Mesh):
         return jax.make_array_from_process_local_data(sharding, x, x.shape)
 
     return jax.tree.map(place, tree)
+
+
+_COLLECTIVE = re.compile(
+    r"=\s*(?P<shape>.+?)\s+(?P<op>all-reduce|all-gather|reduce-scatter|collective-permute|"
+    r"all-to-all)(?:-done)?\("
+)
+_ARRAY = re.compile(r"\b(pred|[a-z]+\d+)\[([\d,]*)\]")
+
+
+def collective_bytes(compiled) -> dict[str, int]:
+    """The bytes each kind of collective delivers per device in one call of a compiled step.
+
+    Reads the optimised HLO (``compiled.as_text()`` of a ``jit(...).lower(...).compile()``) and
+    sums the result shapes of its all-reduce, all-gather, reduce-scatter, collective-permute
+    and all-to-all ops (an asynchronous pair counts once, at its ``-done``). This is the
+    payload n of each collective, before the ring factor (an all-reduce of n bytes moves about
+    ``2·(N−1)/N·n`` bytes per device); ops inside loops count once.
+
+    Returns:
+      ``{op: bytes}`` for the ops present, plus ``"total"``.
+    """
+    text = compiled if isinstance(compiled, str) else compiled.as_text()
+    totals: dict[str, int] = {}
+    for line in text.splitlines():
+        match = _COLLECTIVE.search(line.split(", metadata=")[0])
+        if match is None or "-start(" in line:
+            continue
+        size = 0
+        for dtype, dims in _ARRAY.findall(match["shape"]):
+            size += _HLO_ITEMSIZE[dtype] * int(np.prod([int(d) for d in dims.split(",") if d]))
+        totals[match["op"]] = totals.get(match["op"], 0) + size
+    totals["total"] = sum(totals.values())
+    return totals
+
+
+_HLO_ITEMSIZE = {
+    "pred": 1, "s8": 1, "u8": 1, "f16": 2, "bf16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4,
+    "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16,
+}

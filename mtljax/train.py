@@ -240,26 +240,19 @@ def make_train_step(
         return decode_losses(params, loss.encode(params, batch), batch)
 
     def param_jacobian(params, batch):
-        # Also returns Jᵀw as a function (one more pullback: cheaper than reading the [T, P]
-        # Jacobian again) and, for Gram-space methods, G.
+        # Also returns, for Gram-space methods on the unrolled engine, the shared Jacobian
+        # stacked task-last (XLA:CPU's fast layout for G and Jᵀw; the task-first stack of the
+        # shared rows is then read by nothing and dropped by XLA), else None.
         losses, vjp_fn, aux = jax.vjp(lambda p: full_losses(p, batch), params, has_aux=True)
+        columns = None
         if gram_space and unrolled:
-            # The shared rows are also stacked task-last, the layout XLA:CPU's Gram dot wants;
-            # a task-first stack no consumer reads is dropped by XLA.
             eye = varying(jnp.eye(num_tasks, dtype=losses.dtype))
             pulled = [grads for (grads,) in pull_back_each(vjp_fn, eye)]
             jac = stack_tasks(pulled)
             columns = global_mean(stack_tasks([grads["shared"] for grads in pulled], axis=-1))
-            g = linalg.gram_of_columns(columns)
         else:
             (jac,) = rows(vjp_fn, losses.dtype)
-            g = None
-
-        def shared_combination(weights):
-            (grads,) = vjp_fn(weights.astype(losses.dtype))
-            return global_mean(grads["shared"])
-
-        return global_mean(losses), global_mean(jac), aux, shared_combination, g
+        return global_mean(losses), global_mean(jac), aux, columns
 
     def task_sharded_jacobian(params, batch):
         # This device's ⌈T/N⌉ rows of the Jacobian; losses and aux are equal on every device.
@@ -403,7 +396,7 @@ def make_train_step(
              metrics) = task_sharded_update(state, cparams, batch)
         else:
             if level == "parameters":
-                losses, jac, aux, shared_combination, g = param_jacobian(varying(cparams), batch)
+                losses, jac, aux, shared_columns = param_jacobian(varying(cparams), batch)
                 shared_jac, head_jac = jac["shared"], jac["heads"]
                 if method.num_batches > 1:
                     extra["extra_per_task_grads"] = tuple(
@@ -411,17 +404,24 @@ def make_train_step(
                     )
             else:
                 losses, shared_jac, head_jac, enc_vjp, aux = rep_jacobian(cparams, batch)
-                shared_combination, g = None, None
+                shared_columns = None
             if gram_space:
                 # G once; a non-finite gradient row shows on G's diagonal, so the Jacobian
                 # is not read again to check it.
-                g = linalg.gram(shared_jac) if g is None else g
+                if shared_columns is None:
+                    g = linalg.gram(shared_jac)
+                else:
+                    g = linalg.gram_of_columns(shared_columns)
                 shared_ok = jnp.isfinite(jnp.diagonal(g))
             else:
                 shared_ok = row_finite(shared_jac, num_tasks)
             ok = jnp.isfinite(losses) & shared_ok & row_finite(head_jac, num_tasks)
             if nonfinite == "zero":
                 shared_jac, head_jac = mask_rows(shared_jac, ok), mask_rows(head_jac, ok)
+                if shared_columns is not None:
+                    shared_columns = jax.tree.map(
+                        lambda x: jnp.where(ok, x, jnp.zeros_like(x)), shared_columns
+                    )
             safe_losses = jnp.where(ok, losses, 1.0)
             if gram_space:
                 if nonfinite == "zero":
@@ -429,10 +429,10 @@ def make_train_step(
                 weights, method_state = method.gram_weights(
                     g, state.method_state, task_losses=safe_losses
                 )
-                if shared_combination is None or nonfinite == "zero" or vary_axis is not None:
+                if shared_columns is None:
                     direction = linalg.combine(shared_jac, weights)
                 else:
-                    direction = shared_combination(weights)
+                    direction = linalg.combine_columns(shared_columns, weights)
             else:
                 out = method.apply(
                     shared_jac, state.method_state, cparams["shared"], task_losses=safe_losses,
