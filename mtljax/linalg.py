@@ -44,20 +44,25 @@ def _as_rows(leaf: jax.Array) -> jax.Array:
     return leaf.reshape(leaf.shape[0], -1)
 
 
-def gram(per_task) -> jax.Array:
-    """Gram matrix ``G = J Jᵀ`` of a per-task gradient tree, ``[T, T]``."""
-    dtype = gram_dtype(per_task)
+def _summed_grams(matrices, contracting: int, dtype) -> jax.Array:
+    """``Σ_k M_k M_kᵀ`` (``contracting=1``) or ``Σ_k M_kᵀ M_k`` (``0``), accumulated in dtype."""
     blocks = [
         lax.dot_general(
-            rows,
-            rows,
-            (((1,), (1,)), ((), ())),
+            m,
+            m,
+            (((contracting,), (contracting,)), ((), ())),
             precision=lax.Precision.HIGHEST,
             preferred_element_type=dtype,
         )
-        for rows in map(_as_rows, jax.tree.leaves(per_task))
+        for m in matrices
     ]
     return sum(blocks[1:], blocks[0]).astype(dtype)
+
+
+def gram(per_task) -> jax.Array:
+    """Gram matrix ``G = J Jᵀ`` of a per-task gradient tree, ``[T, T]``."""
+    rows = map(_as_rows, jax.tree.leaves(per_task))
+    return _summed_grams(rows, 1, gram_dtype(per_task))
 
 
 def gram_of_columns(per_task_columns) -> jax.Array:
@@ -68,19 +73,8 @@ def gram_of_columns(per_task_columns) -> jax.Array:
     the trailing axis of ``[T, P]`` (jax 0.10, ``docs/benchmarks.md``), and the unrolled
     Jacobian engine writes its rows task-last at no extra cost.
     """
-    dtype = gram_dtype(per_task_columns)
-    blocks = [
-        lax.dot_general(
-            columns,
-            columns,
-            (((0,), (0,)), ((), ())),
-            precision=lax.Precision.HIGHEST,
-            preferred_element_type=dtype,
-        )
-        for columns in (leaf.reshape(-1, leaf.shape[-1]) for leaf in
-                        jax.tree.leaves(per_task_columns))
-    ]
-    return sum(blocks[1:], blocks[0]).astype(dtype)
+    columns = (leaf.reshape(-1, leaf.shape[-1]) for leaf in jax.tree.leaves(per_task_columns))
+    return _summed_grams(columns, 0, gram_dtype(per_task_columns))
 
 
 def combine_columns(per_task_columns, weights: jax.Array):

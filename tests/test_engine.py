@@ -16,6 +16,7 @@ import pytest
 from toy import make_problem
 
 import mtljax
+from mtljax import linalg
 from mtljax.jacobian import per_task_gradients
 
 DTYPES = (jnp.float32, jnp.float64)
@@ -60,6 +61,27 @@ def test_per_task_gradients_equal_separate_grads(dtype, strategy, chunk_size):
         tree_allclose(jax.tree.map(lambda x, t=t: x[t], jac), grad_t, RTOL[dtype], 1e-7)
         for leaf in jax.tree.leaves(jac):
             assert leaf.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_task_last_gram_and_combination_match_task_first(dtype):
+    """``gram_of_columns``/``combine_columns`` on a task-last tree equal ``gram``/``combine``
+    on the same Jacobian stored task-first, and a NumPy reference."""
+    rng = np.random.default_rng(0)
+    rows = {"a": rng.normal(size=(5, 3, 4)), "b": rng.normal(size=(5, 7))}
+    weights = rng.normal(size=5)
+    task_first = jax.tree.map(lambda x: jnp.asarray(x, dtype), rows)
+    task_last = jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), task_first)
+    flat = np.concatenate([rows["a"].reshape(5, -1), rows["b"]], axis=1)
+    np.testing.assert_allclose(linalg.gram_of_columns(task_last), flat @ flat.T,
+                               rtol=RTOL[dtype])
+    np.testing.assert_allclose(linalg.gram_of_columns(task_last), linalg.gram(task_first),
+                               rtol=RTOL[dtype])
+    for last, first in zip(jax.tree.leaves(linalg.combine_columns(task_last, weights)),
+                           jax.tree.leaves(linalg.combine(task_first, weights)), strict=True):
+        np.testing.assert_allclose(last, first, rtol=RTOL[dtype], atol=1e-6)
+    np.testing.assert_allclose(linalg.combine_columns(task_last, weights)["b"],
+                               weights @ rows["b"], rtol=RTOL[dtype], atol=1e-6)
 
 
 def test_per_task_gradients_has_aux():
