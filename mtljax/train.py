@@ -139,10 +139,10 @@ def make_train_step(
         ``"skip"`` (skip the update) or ``"zero"`` (drop those tasks from this step). A
         task is dropped when its loss or its gradient row is non-finite (for Gram-space
         methods: when ``G_tt = ‖g_t‖²`` is, which also flags a norm beyond the float range).
-        A NaN that enters
-        through shared computation (e.g. a NaN target feeding a matmul shared by all heads,
-        where the pullback computes ``0 · NaN``) reaches every task's row, so ``"zero"`` then
-        drops every task and the step does nothing, as ``"skip"`` would; ``metrics["nonfinite"]``
+        A NaN that enters through shared computation (e.g. a NaN target feeding a matmul
+        shared by all heads, where the pullback computes ``0 · NaN``) reaches every task's
+        row, so ``"zero"`` then drops every task and the step does nothing, as ``"skip"``
+        would; ``metrics["nonfinite"]``
         shows which tasks were hit.
       diagnostics: compute the Gram-based conflict metrics (forces the Jacobian for loss-only
         methods; their update is the same by linearity).
