@@ -142,8 +142,7 @@ def make_train_step(
         A NaN that enters through shared computation (e.g. a NaN target feeding a matmul
         shared by all heads, where the pullback computes ``0 · NaN``) reaches every task's
         row, so ``"zero"`` then drops every task and the step does nothing, as ``"skip"``
-        would; ``metrics["nonfinite"]``
-        shows which tasks were hit.
+        would; ``metrics["nonfinite"]`` shows which tasks were hit.
       diagnostics: compute the Gram-based conflict metrics (forces the Jacobian for loss-only
         methods; their update is the same by linearity).
       axis_name: the data-parallel mesh axis, when run under ``shard_map`` or ``pmap``.
