@@ -4,7 +4,7 @@ Command::
 
     python -m experiments.all_methods --workdir runs/all_methods          # ~5 min on 2 cores
 
-Each method runs the config of :mod:`experiments.configs.multidigits` (shortened to
+Each method runs the config of :mod:`mtljax.configs.multidigits` (shortened to
 ``--steps``) with its registry defaults, plus the hyper-parameters a method cannot default
 (:data:`REQUIRED`). A method *passes* when training finishes with finite losses and, for every
 task, the mean training loss over the last tenth of the logged steps is below the mean over
@@ -21,11 +21,12 @@ import os
 
 import numpy as np
 
-from experiments.configs import multidigits
-from mtljax.cli import format_table
+from mtljax.configs import multidigits
 from mtljax.methods import method_names
 from mtljax.metrics_log import read_jsonl
-from mtljax.runner import load_dataset, run
+from mtljax.run import run
+from mtljax.run.experiment import load_data
+from mtljax.tables import format_table
 
 # Hyper-parameters without a default, for T = 2 tasks.
 REQUIRED = {
@@ -58,8 +59,10 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=method_names())
     args = parser.parse_args(argv)
 
-    base = multidigits.get_config().replace({"steps": args.steps, "eval_every": args.steps})
-    data = load_dataset(base)
+    base = multidigits.get_config().replace(
+        {"schedule.steps": args.steps, "schedule.eval_every": args.steps}
+    )
+    data = load_data(base)
     tasks = list(data.tasks.names)
     rows, results, failed = [], {}, []
     for name in args.methods:
@@ -67,12 +70,12 @@ def main(argv=None) -> int:
             rows.append((name, "n/a", "", "", f"needs T ≥ {NEEDS_MORE_TASKS[name]}"))
             continue
         config = base.replace({
-            "method": name,
-            "method_kw": REQUIRED.get(name, {}),
+            "method.name": name,
+            "method.kw": REQUIRED.get(name, {}),
             "workdir": os.path.join(args.workdir, name),
         })
         try:
-            summary = run(config, data=data, progress=False)
+            summary = run(config, data=data, progress=False, overwrite=True)
         except Exception as err:  # report every method, then fail
             failed.append(name)
             rows.append((name, "FAIL", "", "", f"{type(err).__name__}: {err}"[:80]))

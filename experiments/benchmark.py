@@ -49,7 +49,7 @@ import optax
 
 import mtljax
 from mtljax import linalg
-from mtljax.methods import Method, MethodOutput
+from mtljax.methods import Method, MethodOutput, gradient_transform
 
 BATCH, INPUTS, WIDTH, DEPTH = 256, 256, 1024, 4
 LEARNING_RATE = 1e-3
@@ -179,12 +179,7 @@ def jacobian_mean(num_tasks: int) -> Method:
         del params, extra
         return MethodOutput(linalg.combine(per_task_grads, weights), state, weights)
 
-    return Method(
-        lambda params: optax.EmptyState(),
-        apply,
-        name="jacobian_mean",
-        num_tasks=num_tasks,
-    )
+    return gradient_transform("jacobian_mean", num_tasks, lambda params: optax.EmptyState(), apply)
 
 
 def build_method(name: str, num_tasks: int) -> Method:

@@ -5,7 +5,7 @@ Command::
     python -m experiments.demo --workdir runs/demo     # what `make demo` runs
 
 Trains one single-task model per task (method EW on that task alone), then EW, UW, GradNorm,
-PCGrad and MGDA on both tasks, all from the same config (:mod:`experiments.configs.multidigits`,
+PCGrad and MGDA on both tasks, all from the same config (:mod:`mtljax.configs.multidigits`,
 shortened to ``--steps``), the same data and the same seed. Prints per-task test accuracy at the
 best validation checkpoint and Δm% against the single-task baselines (lower is better; see
 :func:`mtljax.evaluation.delta_m`), and writes ``curves.png`` (training losses and validation
@@ -24,11 +24,12 @@ import json
 import os
 import time
 
-from experiments.configs import multidigits
-from mtljax.cli import format_table
+from mtljax.configs import multidigits
 from mtljax.evaluation import delta_m
 from mtljax.metrics_log import read_jsonl, to_json
-from mtljax.runner import load_dataset, run
+from mtljax.run import run
+from mtljax.run.experiment import load_data
+from mtljax.tables import format_table
 
 METHODS = ("ew", "uw", "gradnorm", "pcgrad", "mgda")
 
@@ -43,16 +44,16 @@ def main(argv=None) -> None:
 
     start = time.perf_counter()
     base = multidigits.get_config().replace(
-        {"steps": args.steps, "seed": args.seed, "eval_every": 100}
+        {"schedule.steps": args.steps, "seed": args.seed}
     )
-    data = load_dataset(base)
+    data = load_data(base)
     task_names = data.tasks.names
-    runs = {f"stl_{t}": base.replace({"tasks": [t]}) for t in task_names}
-    runs.update({m: base.replace({"method": m}) for m in args.methods})
+    runs = {f"stl_{t}": base.replace({"data.tasks": [t]}) for t in task_names}
+    runs.update({m: base.replace({"method.name": m}) for m in args.methods})
     summaries = {}
     for index, (label, config) in enumerate(runs.items(), 1):
         config = config.replace({"workdir": os.path.join(args.workdir, label)})
-        summary = run(config, data=data)
+        summary = run(config, data=data, overwrite=True)
         summaries[label] = summary
         accuracies = ", ".join(f"{t} {m['accuracy']:.4f}" for t, m in summary["test"].items())
         print(

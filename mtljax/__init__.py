@@ -8,7 +8,14 @@ from mtljax.aggregate import aggregate
 from mtljax.diagnostics import gram_diagnostics
 from mtljax.jacobian import per_task_gradients
 from mtljax.linalg import combine, cosine_matrix, gram
-from mtljax.methods import Method, MethodOutput, get_method, method_names
+from mtljax.methods import (
+    Method,
+    MethodOutput,
+    get_method,
+    method_names,
+    register_method,
+    unregister_method,
+)
 from mtljax.tasks import Metric, Task, Tasks
 from mtljax.train import MultiTaskLoss, TrainState, init_train_state, make_train_step
 
@@ -31,4 +38,6 @@ __all__ = [
     "method_names",
     "methods",
     "per_task_gradients",
+    "register_method",
+    "unregister_method",
 ]

@@ -1,7 +1,7 @@
 """Checkpoints that resume a run exactly: arrays through orbax or a plain ``.npz``, state as JSON.
 
 A checkpoint is a pytree of arrays plus a JSON object, saved under ``directory/<step>/``. The
-runner (:func:`mtljax.runner.run` with ``checkpoint_every``) stores
+runner (:func:`mtljax.run.run` with ``schedule.checkpoint_every``) stores
 
 * arrays: ``{"train_state": TrainState, "best_params": params}`` — parameters, optimizer
   state, method state (PRNG keys included) and the step counter, and the parameters selected

@@ -3,9 +3,12 @@
 ::
 
     mtljax methods                                   # every method: kind, level, summary, paper
-    mtljax run multidigits --workdir runs/md --set method=cagrad --set method_kw.c=0.4
+    mtljax datasets                                  # the registered datasets (data.name)
+    mtljax configs                                   # the shipped configs; `configs NAME`: fields
+    mtljax run multidigits --workdir runs/md --set method.name=cagrad --set method.kw.c=0.4
+    mtljax run nyuv2 --set data.root=DIR --workdir runs/nyu     # a dataset read from disk
     mtljax run path/to/config.py:ARG --workdir DIR  # any file with get_config(arg=None)
-    mtljax run multidigits --workdir runs/md --set checkpoint_every=100 --resume  # restartable
+    mtljax run multidigits --workdir runs/md --set schedule.checkpoint_every=100 --resume
     mtljax plot runs/md                              # PNG plots of a run's metrics.jsonl
     mtljax sweep multidigits --methods ew,pcgrad --seeds 0,1,2 --workdir runs/sweep
     mtljax report runs/sweep --plots                 # mean ± std, Δm%, Δp, rank; pareto.png
@@ -13,12 +16,15 @@
 ``sweep`` and ``report`` are described in :mod:`mtljax.sweep`, :mod:`mtljax.report` and
 docs/workflow.md.
 
-A config is a module of ``experiments/configs`` (by name) or a Python file, whose
-``get_config(arg=None)`` returns a :class:`~mtljax.runner.RunConfig` or a dict of its fields;
-``CONFIG:ARG`` passes ``ARG`` to it. ``--set key=value`` overrides a field (``method_kw.c``
-sets one key of a dict field); values are parsed as JSON when they are valid JSON
-(``steps=100``, ``hidden=[64,64]``, ``tasks=["left"]``, ``level=null``) and kept as strings
-otherwise (``method=cagrad``).
+A config is a shipped one (:mod:`mtljax.configs`, by name), a Python file or a module whose
+``get_config(arg=None)`` returns a :class:`~mtljax.config.RunConfig` or a dict of its fields;
+``CONFIG:ARG`` passes ``ARG`` to it. ``--set path=value`` overrides a field
+(``schedule.steps=20``, ``method.kw.c=0.4``, ``data.root=DIR``); the value is checked against
+the field's type (:mod:`mtljax.config`; ``mtljax run CONFIG --help`` lists the fields). The
+flat names of mtljax 0.1 (``steps``, ``method_kw.c``...) are accepted as aliases.
+
+``mtljax run`` into a workdir that holds a finished run (a ``summary.json``) refuses unless
+given ``--resume`` (continue from its last checkpoint) or ``--overwrite`` (clear it first).
 
 A config may instead return a built-in benchmark (:mod:`mtljax.benchmarks`, e.g. ``mtljax run
 toy2d --workdir DIR``): ``--set`` then overrides the benchmark's fields, which runs itself,
@@ -28,82 +34,13 @@ prints its result table and writes ``summary.json`` to the workdir.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-CONFIG_DIRS = (
-    Path.cwd() / "experiments" / "configs",
-    Path(__file__).resolve().parents[1] / "experiments" / "configs",
-)
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table with left-aligned columns; floats printed with 4 significant digits."""
-
-    def cell(value):
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-    cells = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def parse_value(text: str) -> Any:
-    """A JSON literal when ``text`` is one (numbers, lists, true/null...), else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b.c": "x"}``."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects key=value, got {item!r}.")
-        out[key.strip()] = parse_value(value)
-    return out
-
-
-def available_configs() -> list[str]:
-    return sorted({p.stem for d in CONFIG_DIRS if d.is_dir() for p in d.glob("[!_]*.py")})
-
-
-def load_config(spec: str):
-    """Calls ``get_config(arg)`` of the config named by ``spec`` (``NAME[:ARG]`` or a path)."""
-    from mtljax.runner import as_config
-
-    name, _, arg = spec.partition(":")
-    path = Path(name)
-    if not (path.suffix == ".py" and path.is_file()):
-        path = next((d / f"{name}.py" for d in CONFIG_DIRS if (d / f"{name}.py").is_file()), None)
-    if path is not None:
-        module_spec = importlib.util.spec_from_file_location(f"_mtljax_config_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            raise ValueError(
-                f"No config {name!r}: not a file, not in experiments/configs "
-                f"({', '.join(available_configs())}), not an importable module."
-            ) from None
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"Config {name!r} has no get_config(arg=None) function.")
-    config = module.get_config(arg or None)
-    # A built-in benchmark (mtljax.benchmarks) runs itself: returned as is.
-    return config if hasattr(config, "run") and hasattr(config, "table") else as_config(config)
+from mtljax import configs
+from mtljax.config import RunConfig, fields, parse_overrides, type_name
+from mtljax.tables import format_table
 
 
 def methods_table() -> str:
@@ -132,6 +69,20 @@ def methods_table() -> str:
     return format_table(("name", "kind", "level", "summary", "paper"), rows)
 
 
+def configs_table() -> str:
+    """The shipped configs with the first line of their docstrings."""
+    return format_table(("config", "summary"), [(n, configs.summary(n)) for n in configs.names()])
+
+
+def fields_table(config: RunConfig) -> str:
+    """Every field of ``config``: its path, type, default and value in this config."""
+    rows = [
+        (path, type_name(hint), repr(default), repr(value) if value != default else "", text)
+        for path, hint, default, value, text in fields(config)
+    ]
+    return format_table(("field", "type", "default", "this config", "help"), rows)
+
+
 def results_table(summary: dict) -> str:
     """Per-task validation and test metrics of a run summary."""
     rows = []
@@ -147,12 +98,49 @@ def _cmd_methods(args) -> int:
     return 0
 
 
-def _cmd_run(args) -> int:
-    from mtljax.runner import run
+def _cmd_datasets(args) -> int:
+    del args
+    from mtljax.data.registry import DATASETS
 
-    config = load_config(args.config)
+    rows = [
+        (e.name, e.default_model, "yes" if e.multi_input else "", e.summary)
+        for e in DATASETS.values()
+    ]
+    print(format_table(("dataset", "default model", "multi-input", "summary"), rows))
+    return 0
+
+
+def _cmd_configs(args) -> int:
+    if args.config is None:
+        print(configs_table())
+        return 0
+    return _describe(args.config)
+
+
+def _describe(spec: str) -> int:
+    config = configs.load(spec)
+    if isinstance(config, RunConfig):
+        print(f"{spec}: --set FIELD=VALUE overrides any of\n")
+        print(fields_table(config))
+    else:
+        print(f"{spec} is a benchmark; --set FIELD=VALUE overrides any of\n")
+        rows = [(k, repr(v)) for k, v in vars(config).items()]
+        print(format_table(("field", "value"), rows))
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from mtljax.run import run
+
+    if args.help or args.config is None:
+        print(args.parser.format_help())
+        if args.config is not None:
+            return _describe(args.config)
+        print(configs_table())
+        return 0 if args.help else 2
+    config = configs.load(args.config)
     overrides = parse_overrides(args.set or [])
-    if hasattr(config, "run"):
+    if not isinstance(config, RunConfig):
         benchmark = config.replace(overrides)
         print(benchmark.table(benchmark.run(args.workdir)))
         if args.workdir:
@@ -161,7 +149,7 @@ def _cmd_run(args) -> int:
     if args.workdir:
         overrides["workdir"] = args.workdir
     config = config.replace(overrides)
-    summary = run(config, resume=args.resume)
+    summary = run(config, resume=args.resume, overwrite=args.overwrite)
     print(results_table(summary))
     print(
         f"best step {summary['best_step']} · {summary['steps_per_s']:.1f} steps/s · "
@@ -180,13 +168,13 @@ def _int_list(text: str, flag: str) -> list[int]:
 def _cmd_sweep(args) -> int:
     from mtljax.sweep import parse_grid, parse_shard, sweep
 
-    config = load_config(args.config)
-    if hasattr(config, "run"):
+    config = configs.load(args.config)
+    if not isinstance(config, RunConfig):
         raise ValueError(f"{args.config!r} is a benchmark; mtljax sweep runs RunConfig configs.")
     config = config.replace(parse_overrides(args.set or []))
     result = sweep(
         config,
-        methods=args.methods.split(",") if args.methods else [config.method],
+        methods=args.methods.split(",") if args.methods else [config.method.name],
         seeds=_int_list(args.seeds, "--seeds") if args.seeds else [config.seed],
         workdir=args.workdir,
         grid=parse_grid(args.grid or []),
@@ -209,6 +197,8 @@ def _cmd_report(args) -> int:
     from mtljax.report import build_report, to_csv, to_markdown, write_plots
 
     report = build_report(args.dirs)
+    for note in report.notes:
+        print(f"mtljax report: {note}", file=sys.stderr)
     text = to_markdown(report) + "\n" if args.format == "md" else to_csv(report)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
@@ -232,34 +222,69 @@ def _cmd_launch(args) -> int:
     from mtljax.launch import launch_local
 
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    codes = launch_local(command, args.num_processes, devices_per_process=args.devices_per_process,
-                         port=args.port, timeout=args.timeout)
+    codes = launch_local(
+        command,
+        args.num_processes,
+        devices_per_process=args.devices_per_process,
+        port=args.port,
+        timeout=args.timeout,
+    )
     for process_id, code in enumerate(codes):
         if code:
             print(f"mtljax launch: process {process_id} exited with {code}", file=sys.stderr)
     return next((abs(code) for code in codes if code), 0)
 
 
+CONFIG_HELP = "a shipped config NAME[:ARG] (mtljax configs), a .py file or a module"
+
+
+def _add_run_parser(sub) -> None:
+    run_parser = sub.add_parser(
+        "run",
+        help="train one config",
+        add_help=False,
+        epilog="`mtljax run CONFIG --help` lists the config's fields, types and defaults.",
+    )
+    run_parser.add_argument("config", nargs="?", help=CONFIG_HELP)
+    run_parser.add_argument(
+        "-h",
+        "--help",
+        action="store_true",
+        help="show this help (and with CONFIG, its fields) and exit",
+    )
+    run_parser.add_argument("--workdir", help="output folder (metrics.jsonl, summary.json)")
+    run_parser.add_argument(
+        "--set",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="override a config field (schedule.steps=20, method.kw.c=0.4); repeatable",
+    )
+    finished = run_parser.add_mutually_exclusive_group()
+    finished.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --workdir (see schedule.checkpoint_every)",
+    )
+    finished.add_argument(
+        "--overwrite", action="store_true", help="replace a finished run in --workdir"
+    )
+    run_parser.set_defaults(fn=_cmd_run, parser=run_parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtljax", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("methods", help="list the methods").set_defaults(fn=_cmd_methods)
-    run_parser = sub.add_parser("run", help="train one config")
-    run_parser.add_argument("config", help="NAME[:ARG] under experiments/configs, or a .py path")
-    run_parser.add_argument("--workdir", help="output folder (metrics.jsonl, summary.json)")
-    run_parser.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config field; repeatable"
-    )
-    run_parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from the latest checkpoint in --workdir (see --set checkpoint_every=N)",
-    )
-    run_parser.set_defaults(fn=_cmd_run)
+    datasets_parser = sub.add_parser("datasets", help="list the datasets (data.name)")
+    datasets_parser.set_defaults(fn=_cmd_datasets)
+    configs_parser = sub.add_parser("configs", help="list the configs, or one config's fields")
+    configs_parser.add_argument("config", nargs="?", help="NAME[:ARG] or a .py path")
+    configs_parser.set_defaults(fn=_cmd_configs)
+    _add_run_parser(sub)
     sweep_parser = sub.add_parser(
         "sweep", help="methods x grid x seeds (+ single-task baselines), resumable, shardable"
     )
-    sweep_parser.add_argument("config", help="NAME[:ARG] under experiments/configs, or a .py path")
+    sweep_parser.add_argument("config", help=CONFIG_HELP)
     sweep_parser.add_argument("--workdir", required=True, help="sweep folder")
     sweep_parser.add_argument("--methods", help="comma-separated names (default: the config's)")
     sweep_parser.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
@@ -279,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="list the runs and their status, train nothing"
     )
     sweep_parser.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config field; repeatable"
+        "--set", action="append", metavar="FIELD=VALUE", help="override a config field; repeatable"
     )
     sweep_parser.set_defaults(fn=_cmd_sweep)
     report_parser = sub.add_parser("report", help="table over runs: mean ± std, Δm%%, rank")
@@ -297,8 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
         "launch", help="run a command as N processes of one jax.distributed job on this machine"
     )
     launch_parser.add_argument("-n", "--num-processes", type=int, required=True)
-    launch_parser.add_argument("--devices-per-process", type=int,
-                               help="force this many CPU devices in each process")
+    launch_parser.add_argument(
+        "--devices-per-process", type=int, help="force this many CPU devices in each process"
+    )
     launch_parser.add_argument("--port", type=int, help="coordinator port (default: a free one)")
     launch_parser.add_argument("--timeout", type=float, help="stop every process after S seconds")
     launch_parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
@@ -312,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, KeyError, RuntimeError, TimeoutError) as error:
+    except (ValueError, KeyError, RuntimeError, TimeoutError, OSError) as error:
         print(f"mtljax: error: {error}", file=sys.stderr)
         return 1
 

@@ -2,7 +2,9 @@
 ``jax.distributed``.
 
 The step itself (:func:`mtljax.make_train_step`) is written per device and takes the mesh axis
-name; this module is the only place that knows about devices:
+name (its parallelism is a value, :mod:`mtljax.step.options`); this module is the only place
+that places steps on devices (the collectives they run inside are :mod:`mtljax.step.collectives`,
+re-exported here):
 
 * :func:`shard_map_step` — build the step with ``axis_name="data", reduce="loss"``; the state is
   replicated, the batch is split along its leading axis over the ``data`` mesh axis.
@@ -43,7 +45,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mtljax import linalg
+from mtljax.step import TrainStep
+from mtljax.step.collectives import (  # noqa: F401  (re-exported: the per-device collectives)
+    from_first_device,
+    gather_task_vector,
+    local_task_rows,
+    local_task_slice,
+    ring_gram,
+    task_block_size,
+)
 
 AXIS = "data"
 TASK_AXIS = "task"
@@ -58,13 +68,20 @@ def data_mesh(devices=None, *, axis_name: str = AXIS) -> Mesh:
 def shard_map_step(step: Callable, mesh: Mesh, *, axis_name: str = AXIS, donate: bool = False):
     """Jits ``step`` data parallel over ``mesh``: replicated state, batch split on axis 0.
 
-    ``step`` must come from ``make_train_step(..., axis_name=axis_name, reduce="loss")``.
-    A step with ``aggregate="local"`` (``step.check_vma`` false) runs its method on
+    ``step`` must come from ``make_train_step(..., axis_name=axis_name, reduce="loss")`` (or be
+    any per-device function of ``(state, batch)``). The step's options say how to map it: one
+    with ``aggregate="local"`` (``step.options.parallel.check_vma`` false) runs its method on
     per-device Jacobians, so it is mapped with ``check_vma=False`` (pmap semantics).
     """
+    check_vma = True
+    if isinstance(step, TrainStep):
+        parallel = step.options.parallel
+        if parallel.data_axis != axis_name:
+            raise ValueError(f"shard_map_step maps over {axis_name!r}, but the step was built "
+                             f"with axis_name={parallel.data_axis!r}.")
+        check_vma = parallel.check_vma
     sharded = jax.shard_map(
-        step, mesh=mesh, in_specs=(P(), P(axis_name)), out_specs=(P(), P()),
-        check_vma=getattr(step, "check_vma", True),
+        step, mesh=mesh, in_specs=(P(), P(axis_name)), out_specs=(P(), P()), check_vma=check_vma,
     )
     return jax.jit(sharded, donate_argnums=(0,) if donate else ())
 
@@ -78,108 +95,11 @@ def task_sharded_step(
     mesh with that axis name (``data_mesh(axis_name=task_axis)``). The step's result equals the
     single-device step's (up to float round-off) for loss-only and Gram-space methods.
     """
+    if isinstance(step, TrainStep) and step.options.parallel.task_axis != task_axis:
+        raise ValueError(f"task_sharded_step maps over {task_axis!r}, but the step was built "
+                         f"with task_axis={step.options.parallel.task_axis!r}.")
     sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()))
     return jax.jit(sharded, donate_argnums=(0,) if donate else ())
-
-
-def task_block_size(num_tasks: int, axis_name: str) -> int:
-    """Tasks per device, ``⌈T/N⌉``; the last devices hold zero padding rows when N ∤ T."""
-    return -(-num_tasks // jax.lax.axis_size(axis_name))
-
-
-def local_task_rows(num_tasks: int, dtype, axis_name: str) -> jax.Array:
-    """This device's rows of the ``T×T`` identity, ``[k, T]`` with k = ⌈T/N⌉.
-
-    Device i gets tasks ``i·k, …, i·k+k−1``; rows past T are zero, so their pullbacks are zero
-    gradients (padding tasks).
-    """
-    k = task_block_size(num_tasks, axis_name)
-    eye = jnp.eye(k * jax.lax.axis_size(axis_name), num_tasks, dtype=dtype)
-    return jax.lax.dynamic_slice_in_dim(eye, jax.lax.axis_index(axis_name) * k, k)
-
-
-def local_task_slice(vector: jax.Array, axis_name: str) -> jax.Array:
-    """This device's entries ``[k]`` of a ``[T]`` vector (zero for padding tasks)."""
-    k = task_block_size(vector.shape[0], axis_name)
-    padded = jnp.zeros((k * jax.lax.axis_size(axis_name),), vector.dtype)
-    padded = padded.at[: vector.shape[0]].set(vector)
-    return jax.lax.dynamic_slice_in_dim(padded, jax.lax.axis_index(axis_name) * k, k)
-
-
-def gather_task_vector(local: jax.Array, num_tasks: int, axis_name: str) -> jax.Array:
-    """The ``[T]`` vector whose device blocks are ``local`` (``[k]``), replicated.
-
-    A ``psum`` of zero-padded blocks, so the result is typed device-invariant.
-    """
-    if local.dtype == jnp.bool_:
-        return gather_task_vector(local.astype(jnp.int32), num_tasks, axis_name) > 0
-    n, k = jax.lax.axis_size(axis_name), local.shape[0]
-    padded = jnp.zeros((n * k, *local.shape[1:]), local.dtype)
-    padded = jax.lax.dynamic_update_slice_in_dim(
-        padded, local, jax.lax.axis_index(axis_name) * k, axis=0
-    )
-    return jax.lax.psum(padded, axis_name)[:num_tasks]
-
-
-def _cross_gram(a, b) -> jax.Array:
-    # A_i B_jᵀ summed over leaves, in at least float32 like linalg.gram.
-    dtype = linalg.gram_dtype(a)
-    blocks = [
-        jax.lax.dot_general(
-            x.reshape(x.shape[0], -1),
-            y.reshape(y.shape[0], -1),
-            (((1,), (1,)), ((), ())),
-            precision=jax.lax.Precision.HIGHEST,
-            preferred_element_type=dtype,
-        )
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    ]
-    return sum(blocks[1:], blocks[0]).astype(dtype)
-
-
-def ring_gram(local_jac, axis_name: str) -> jax.Array:
-    """The Gram matrix ``J Jᵀ`` (``[N·k, N·k]``, replicated) of a row-sharded Jacobian.
-
-    Device i holds the block ``J_i`` (``[k, *p]`` leaves). The blocks travel N−1 times one step
-    around the ring (``ppermute``); at step s device i computes ``J_i J_{i+s}ᵀ``, so it holds
-    at most two blocks at a time. The ``[k, N·k]`` row blocks are then summed (zero padded)
-    into the full matrix: ``(N−1)·k·P`` elements sent per device, plus the ``N·k × N·k``
-    reduction.
-    """
-    n, i = jax.lax.axis_size(axis_name), jax.lax.axis_index(axis_name)
-    k = linalg.num_tasks(local_jac)
-    perm = [(j, (j - 1) % n) for j in range(n)]  # device j receives from device j + 1
-    rows = None
-    other = local_jac
-    for s in range(n):
-        block = _cross_gram(local_jac, other)
-        if rows is None:
-            rows = jnp.zeros((k, n * k), block.dtype)
-        rows = jax.lax.dynamic_update_slice_in_dim(rows, block, ((i + s) % n) * k, axis=1)
-        if s < n - 1:
-            other = jax.lax.ppermute(other, axis_name, perm)
-    full = jnp.zeros((n * k, n * k), rows.dtype)
-    full = jax.lax.dynamic_update_slice_in_dim(full, rows, i * k, axis=0)
-    return jax.lax.psum(full, axis_name)
-
-
-def from_first_device(tree, axis_name: str):
-    """Device 0's value of every leaf, typed device-invariant (a masked ``psum``).
-
-    For values equal on every device that the type system sees as per-device (computed from a
-    ``pcast`` input); typed PRNG keys travel as their key data.
-    """
-    first = jax.lax.axis_index(axis_name) == 0
-
-    def one(x):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            data = one(jax.random.key_data(x))
-            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
-        if x.dtype == jnp.bool_:
-            return one(x.astype(jnp.int32)).astype(jnp.bool_)
-        return jax.lax.psum(jnp.where(first, x, jnp.zeros_like(x)), axis_name)
-
-    return jax.tree.map(one, tree)
 
 
 def pmap_step(step: Callable, *, axis_name: str = AXIS, devices=None):

@@ -1,12 +1,14 @@
 """Result tables over many runs: mean ± std over seeds, Δm%, Δp and mean rank per method.
 
 :func:`build_report` reads every ``summary.json`` under the given folders (a sweep folder, run
-folders, or a mix) and groups the runs whose configs are equal apart from ``seed``, ``workdir``
-and the checkpoint settings. A group is labelled by its method plus the config keys that vary
-between groups (``cagrad c=0.4``). Runs with a single task are the single-task (STL) baselines.
+folders, or a mix) and groups the runs whose configs are equal apart from ``seed`` and the
+output fields (:data:`mtljax.config.OUTPUT_FIELDS`: ``workdir``, the checkpoint settings,
+``tensorboard``). A group is labelled by its method plus the config keys that vary between
+groups (``cagrad c=0.4``). Runs with a single task are the single-task (STL) baselines.
+Summaries written with the flat config names of mtljax 0.1 are read too.
 
 Per group, over its seeds (every number is on the **test** split, at the step that the
-validation split selected, as :func:`mtljax.runner.run` stores it):
+validation split selected, as :func:`mtljax.run.run` stores it):
 
 * each task metric: mean ± sample standard deviation (``ddof=1``; none for one seed);
 * Δm% (:func:`mtljax.evaluation.delta_m`, lower is better) and Δp
@@ -33,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from mtljax.config import OUTPUT_FIELDS, flatten, stored_config
 from mtljax.evaluation import delta_m, delta_p
 
 Column = tuple[str, str]  # (task, metric)
@@ -62,15 +65,17 @@ class Row:
 
 @dataclasses.dataclass
 class Report:
-    """The table: ``columns`` with their directions, an optional STL row, one row per group."""
+    """The table: ``columns`` with their directions, an optional STL row, one row per group,
+    and ``notes`` on what could not be computed (e.g. Δm% against a zero baseline)."""
 
     columns: list[Column]
     higher_is_better: dict[Column, bool]
     rows: list[Row]
     stl: Row | None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
-# The keys of a :func:`mtljax.runner.run` summary (benchmarks write other summary files).
+# The keys of a :func:`mtljax.run.run` summary (benchmarks write other summary files).
 RUN_KEYS = ("config", "tasks", "higher_is_better", "test")
 
 
@@ -137,23 +142,19 @@ def pareto_mask(points: np.ndarray, higher_is_better: Sequence[bool]) -> np.ndar
 
 
 # Config fields that a group's runs may differ in.
-SEED_FIELDS = ("seed", "workdir", "checkpoint_every", "keep_checkpoints", "tensorboard")
+SEED_FIELDS = ("seed", *OUTPUT_FIELDS)
 
 
 def _flat_config(config: Mapping[str, Any]) -> dict[str, str]:
-    """``{"method_kw": {"c": 0.4}}`` -> ``{"method_kw.c": "0.4"}``, without the
-    :data:`SEED_FIELDS`.
+    """``{"method": {"kw": {"c": 0.4}}}`` -> ``{"method.kw.c": "0.4", ...}``, every field
+    (defaults filled in), without the :data:`SEED_FIELDS`.
     """
-    flat = {}
-    for key, value in config.items():
-        if key in SEED_FIELDS:
-            continue
-        if isinstance(value, Mapping):
-            for sub, v in value.items():
-                flat[f"{key}.{sub}"] = json.dumps(v, separators=(",", ":"))
-        else:
-            flat[key] = json.dumps(value, separators=(",", ":"))
-    return flat
+    flat = flatten(stored_config(config))
+    return {
+        key: json.dumps(value, separators=(",", ":"))
+        for key, value in flat.items()
+        if key not in SEED_FIELDS
+    }
 
 
 def _group(summaries: Sequence[tuple[str, dict]]) -> list[tuple[dict, list[tuple[str, dict]]]]:
@@ -169,10 +170,10 @@ def _group(summaries: Sequence[tuple[str, dict]]) -> list[tuple[dict, list[tuple
 def _labels(configs: Sequence[dict[str, str]]) -> list[str]:
     """The method plus every key whose value is not the same in all ``configs``."""
     keys = sorted(set().union(*configs)) if configs else []
-    varying = [k for k in keys if k != "method" and len({c.get(k) for c in configs}) > 1]
+    varying = [k for k in keys if k != "method.name" and len({c.get(k) for c in configs}) > 1]
     labels = []
     for config in configs:
-        parts = [json.loads(config["method"])]
+        parts = [json.loads(config["method.name"])]
         for key in varying:
             if key in config:
                 value = json.loads(config[key])
@@ -247,25 +248,29 @@ def build_report(dirs: Iterable[str | os.PathLike]) -> Report:
                 higher.setdefault((task, metric), bool(h))
     columns = list(dict.fromkeys(c for row in rows for c in row.values))
 
+    notes = []
     if stl is not None:
         baseline: dict[str, dict[str, float]] = {}
         for (task, metric), values in stl.values.items():
             baseline.setdefault(task, {})[metric] = float(np.mean(values))
         for row, (_, runs) in zip(rows, groups, strict=True):
             if all(task in baseline for _, s in runs for task in s["tasks"]):
-                row.delta_m = np.array(
-                    [delta_m(s["test"], baseline, s["higher_is_better"]) for _, s in runs]
-                )
-                row.delta_p = np.array(
-                    [delta_p(s["test"], baseline, s["higher_is_better"]) for _, s in runs]
-                )
+                try:
+                    row.delta_m = np.array(
+                        [delta_m(s["test"], baseline, s["higher_is_better"]) for _, s in runs]
+                    )
+                    row.delta_p = np.array(
+                        [delta_p(s["test"], baseline, s["higher_is_better"]) for _, s in runs]
+                    )
+                except ValueError as error:
+                    notes.append(f"{row.label}: no Δm% or Δp: {error}")
 
     ranked = [c for c in columns if all(c in row.values for row in rows)]
     if ranked:
         means = np.array([[np.mean(row.values[c]) for c in ranked] for row in rows])
         for row, rank in zip(rows, mean_ranks(means, [higher[c] for c in ranked]), strict=True):
             row.rank = float(rank)
-    return Report(columns, {c: higher[c] for c in columns}, rows, stl)
+    return Report(columns, {c: higher[c] for c in columns}, rows, stl, notes)
 
 
 def _arrow(higher: bool) -> str:

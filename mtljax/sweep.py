@@ -1,9 +1,10 @@
 """Sweeps: methods × hyper-parameter grid × seeds, plus single-task baselines, in one process.
 
-A sweep expands a base :class:`~mtljax.runner.RunConfig` into a deterministic list of runs and
-trains them in order, loading each dataset once. Run folders::
+A sweep expands a base :class:`~mtljax.config.RunConfig` into a deterministic list of runs and
+trains them in order, in this process, loading each dataset once (so a method or dataset that
+the config file registers at import is known to every run). Run folders::
 
-    WORKDIR/stl_<task>/seed<k>            single-task baseline (method EW, config.tasks=[task])
+    WORKDIR/stl_<task>/seed<k>            single-task baseline (method EW, data.tasks=[task])
     WORKDIR/<method>[_<key>=<value>...]/seed<k>
 
 Order: the single-task baselines (task, then seed), then every method in the given order, its
@@ -13,13 +14,14 @@ so ``n`` processes given ``0/n ... n-1/n`` split a sweep disjointly and complete
 Re-running a sweep is cheap and safe: a run whose ``summary.json`` exists is complete and is
 skipped (after checking that its stored config matches the planned one, so a changed sweep does
 not silently reuse stale results). A run folder without one (an interrupted run) resumes from
-its latest checkpoint when the config has ``checkpoint_every > 0`` (``--set
-checkpoint_every=N``, :mod:`mtljax.checkpoint`) and is trained again from scratch otherwise.
+its latest checkpoint when the config has ``schedule.checkpoint_every > 0`` (``--set
+schedule.checkpoint_every=N``, :mod:`mtljax.checkpoint`) and is trained again from scratch
+otherwise.
 
-Grids: ``--grid method_kw.c=0.2,0.4`` (repeatable) gives the values of one config field; the
+Grids: ``--grid method.kw.c=0.2,0.4`` (repeatable) gives the values of one config field; the
 sweep takes the Cartesian product of all grids, or ``--random N`` distinct points drawn from it
-with a seeded generator. A ``method_kw.<name>`` key only applies to methods whose factory takes
-``<name>``: ``--methods ew,cagrad --grid method_kw.c=0.2,0.4`` runs EW once and CAGrad twice.
+with a seeded generator. A ``method.kw.<name>`` key only applies to methods whose factory takes
+``<name>``: ``--methods ew,cagrad --grid method.kw.c=0.2,0.4`` runs EW once and CAGrad twice.
 Single-task baselines use the base config (method EW, no grid).
 """
 
@@ -38,13 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from mtljax import runner
-from mtljax.cli import parse_value
+from mtljax.config import OUTPUT_FIELDS, RunConfig, canonical_path, changed_fields, parse_value
 from mtljax.methods import REGISTRY, get_factory
-from mtljax.metrics_log import to_json
-from mtljax.runner import RunConfig
-
-SUMMARY = "summary.json"
+from mtljax.run import experiment, run
+from mtljax.run.summary import SUMMARY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,14 +76,16 @@ def parse_list(text: str) -> list[Any]:
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
-    """``["method_kw.c=0.2,0.4", "lr=1e-3,1e-2"]`` -> ``{"method_kw.c": [0.2, 0.4], ...}``."""
+    """``["method.kw.c=0.2,0.4", "lr=1e-3,1e-2"]`` ->
+    ``{"method.kw.c": [0.2, 0.4], "optimizer.lr": [...]}`` (keys in their canonical form,
+    :func:`mtljax.config.canonical_path`)."""
     grid = {}
     for item in items:
         key, sep, values = item.partition("=")
-        key = key.strip()
+        key = canonical_path(key)
         if not sep or not key or not values.strip():
             raise ValueError(f"--grid expects key=v1,v2,..., got {item!r}.")
-        if key in ("method", "seed", "workdir"):
+        if key in ("method.name", "seed", "workdir"):
             raise ValueError(f"--grid cannot vary {key!r}; use --methods/--seeds/--workdir.")
         if key in grid:
             raise ValueError(f"--grid key {key!r} given twice.")
@@ -105,10 +106,10 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def _accepts(method: str, key: str) -> bool:
-    """Whether grid ``key`` applies to ``method`` (``method_kw.x`` needs a factory taking x)."""
-    field, _, sub = key.partition(".")
-    if field != "method_kw":
+    """Whether grid ``key`` applies to ``method`` (``method.kw.x`` needs a factory taking x)."""
+    if not key.startswith("method.kw."):
         return True
+    sub = key.removeprefix("method.kw.")
     entry = REGISTRY.get(method)
     if entry is None or sub in entry.presets:
         return False
@@ -136,7 +137,7 @@ def grid_points(
 
 
 def _label(method: str, point: Mapping[str, Any]) -> str:
-    """``cagrad`` + ``{"method_kw.c": 0.4}`` -> ``cagrad_c=0.4`` (folder-safe)."""
+    """``cagrad`` + ``{"method.kw.c": 0.4}`` -> ``cagrad_c=0.4`` (folder-safe)."""
     short = [key.rpartition(".")[2] for key in point]
     names = short if len(set(short)) == len(short) else list(point)
     parts = [method]
@@ -170,7 +171,7 @@ def plan_sweep(
       stl_tasks: tasks that get a single-task baseline (method EW) per seed.
 
     Raises:
-      ValueError: no methods or seeds, an unknown method, a ``method_kw`` grid key that no
+      ValueError: no methods or seeds, an unknown method, a ``method.kw`` grid key that no
         method takes, or a grid value the config rejects.
     """
     if not methods or not seeds:
@@ -192,11 +193,11 @@ def plan_sweep(
             )
 
     for task in stl_tasks:
-        add(f"stl_{task}", {"method": "ew", "method_kw": {}, "tasks": [task]})
+        add(f"stl_{task}", {"method.name": "ew", "method.kw": {}, "data.tasks": [task]})
     for method in methods:
         applicable = {k: v for k, v in grid.items() if _accepts(method, k)}
         for point in grid_points(applicable, random=random, random_seed=random_seed):
-            add(_label(method, point), {"method": method, **point})
+            add(_label(method, point), {"method.name": method, **point})
     return runs
 
 
@@ -205,31 +206,23 @@ def shard(runs: Sequence[PlannedRun], index: int, count: int) -> list[PlannedRun
     return list(runs[index::count])
 
 
-# Config fields that do not change a run's results: ignored when matching stored summaries.
-NON_RESULT_FIELDS = ("workdir", "checkpoint_every", "keep_checkpoints", "tensorboard")
-
-
-def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in NON_RESULT_FIELDS}
-
-
 def run_status(run: PlannedRun) -> str:
     """``"complete"`` (``summary.json`` exists), ``"incomplete"`` (folder without it) or
     ``"new"``.
 
     Raises:
-      ValueError: the stored summary's config differs from the planned one.
+      ValueError: the stored summary's config differs from the planned one outside the
+        output fields (:data:`mtljax.config.OUTPUT_FIELDS`).
     """
     folder = run.config.workdir
     path = os.path.join(folder, SUMMARY)
     if os.path.isfile(path):
         try:
             with open(path, encoding="utf-8") as f:
-                stored = _comparable(json.load(f)["config"])
+                stored = json.load(f)["config"]
         except (json.JSONDecodeError, KeyError):
             return "incomplete"  # cut off while being written
-        planned = _comparable(to_json(dataclasses.asdict(run.config)))
-        differ = sorted(k for k in stored.keys() & planned.keys() if stored[k] != planned[k])
+        differ = changed_fields(stored, run.config.to_dict(), OUTPUT_FIELDS)
         if differ:
             raise ValueError(
                 f"{path} was written by another config (differs in {differ}); "
@@ -239,8 +232,8 @@ def run_status(run: PlannedRun) -> str:
     return "incomplete" if os.path.isdir(folder) else "new"
 
 
-def _dataset_key(config: RunConfig) -> tuple:
-    return config.dataset, config.data_seed, json.dumps(config.dataset_kw, sort_keys=True)
+def _dataset_key(config: RunConfig) -> str:
+    return json.dumps(dataclasses.asdict(config.data) | {"tasks": None}, sort_keys=True)
 
 
 def run_sweep(
@@ -256,8 +249,8 @@ def run_sweep(
 
     Args:
       runs: from :func:`plan_sweep` (or :func:`shard`).
-      data: datasets already loaded, by ``(dataset, data_seed, dataset_kw as JSON)``; others
-        are loaded once on first use.
+      data: datasets already loaded, by their ``config.data`` as JSON (without ``tasks``);
+        others are loaded once on first use.
       log: receives one progress line per run.
     """
     result = SweepResult()
@@ -271,14 +264,15 @@ def run_sweep(
             continue
         key = _dataset_key(planned.config)
         if key not in cache:
-            cache[key] = runner.load_dataset(planned.config)
+            cache[key] = experiment.load_data(planned.config)
         start = time.perf_counter()
         try:
-            summary = runner.run(
+            summary = run(
                 planned.config,
                 data=cache[key],
                 progress=False,
-                resume=status == "incomplete" and bool(planned.config.checkpoint_every),
+                resume=status == "incomplete" and bool(planned.config.schedule.checkpoint_every),
+                overwrite=True,  # a summary cut off while being written counts as incomplete
             )
         except Exception as error:  # noqa: BLE001 - one failing run must not stop the sweep
             result.failed[planned.name] = f"{type(error).__name__}: {error}"
@@ -314,16 +308,16 @@ def sweep(
 ) -> SweepResult:
     """Plans a sweep (:func:`plan_sweep`), keeps one shard of it and runs it (:func:`run_sweep`).
 
-    With ``stl``, every task of the base config (all of the dataset's when ``base.tasks`` is
+    With ``stl``, every task of the base config (all of the dataset's when ``data.tasks`` is
     ``None``) gets a single-task baseline per seed. With ``dry_run``, logs each run of the
     shard with its status (:func:`run_status`) and trains nothing.
     """
     data = {}
     stl_tasks = ()
     if stl:
-        stl_tasks = base.tasks
+        stl_tasks = base.data.tasks
         if stl_tasks is None:
-            data[_dataset_key(base)] = runner.load_dataset(base)
+            data[_dataset_key(base)] = experiment.load_data(base)
             stl_tasks = data[_dataset_key(base)].tasks.names
     runs = plan_sweep(
         base,

@@ -1,6 +1,6 @@
 """TensorBoard event files beside ``metrics.jsonl``, when tensorboardX is installed.
 
-The runner hands every ``metrics.jsonl`` record (:func:`mtljax.runner._step_record` and the
+The runner hands every ``metrics.jsonl`` record (:func:`mtljax.run.log.step_record` and the
 evaluation lines) to :meth:`TensorBoardWriter.write` as well, which writes one scalar per
 number under these tags:
 

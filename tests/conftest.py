@@ -29,15 +29,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def small_data():
     """MultiDigits with one pair per source image: the small dataset of the runner tests."""
-    from mtljax import runner
+    from mtljax.data.registry import load_dataset
 
-    return runner.load_dataset(runner.RunConfig(dataset_kw={"pairs_per_image": 1}))
+    return load_dataset("multidigits", pairs_per_image=1)
 
 
 @pytest.fixture
 def cached_data(monkeypatch, small_data):
     """Every run in the test reuses the small dataset instead of rebuilding it."""
-    from mtljax import runner
+    from mtljax.run import experiment
 
-    monkeypatch.setattr(runner, "load_dataset", lambda config: small_data)
+    monkeypatch.setattr(experiment, "load_data", lambda config: small_data)
     return small_data

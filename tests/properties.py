@@ -17,11 +17,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from method_table import TABLE
 
 import mtljax
-from mtljax.methods import REGISTRY
 
 DTYPES = ("float32", "float64")
 # (T, P) of the zoo: every T of the brief, at one P. Compiling dominates the cost of the
@@ -113,18 +111,8 @@ def permutation(num_tasks: int) -> np.ndarray:
 
 
 def build(name: str, num_tasks: int, **hparams) -> mtljax.Method:
-    """``mtljax.get_method``; skips the test while the method's module is not written yet.
-
-    Only a ``ModuleNotFoundError`` for exactly the method's own module skips: any other error
-    (a broken import inside a written module, a bad hyper-parameter) fails the test.
-    """
-    module = f"mtljax.methods.{REGISTRY[name].module}"
-    try:
-        return mtljax.get_method(name, num_tasks, **hparams)
-    except ModuleNotFoundError as err:
-        if err.name == module:
-            pytest.skip("module not written yet")
-        raise
+    """``mtljax.get_method`` (a missing method module is an error, never a skip)."""
+    return mtljax.get_method(name, num_tasks, **hparams)
 
 
 def extra_inputs(method: mtljax.Method, jac):

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import mtljax
-from mtljax import nnx_bridge, objectives, runner
+from mtljax import nnx_bridge, objectives
 from mtljax.data.multidigits import load_multidigits
 from mtljax.models import (
     CGC,
@@ -27,7 +27,8 @@ from mtljax.models import (
     SoftSharing,
 )
 from mtljax.models.dselect_k import dselect_weights, smooth_step
-from mtljax.models.registry import ARCHITECTURES
+from mtljax.models.registry import ARCHITECTURES, build_architecture
+from mtljax.run import run
 
 TASKS = ("left", "right")
 HEADS = {"left": 10, "right": 10}
@@ -343,22 +344,19 @@ def test_sequence_encoder_ignores_padding():
         enc(jnp.ones((1, 9), jnp.int32))
 
 
-def test_runner_builds_every_architecture():
+def test_registry_builds_every_architecture():
     # The fixture's sizes, so that parameter initialisation reuses its compiled shapes.
-    config = runner.RunConfig(hidden=(8,), cnn_features=(4, 4), cnn_out=8)
-    assert set(runner.MODELS) == set(ARCHITECTURES)
-    for name in runner.MODELS:
-        model = runner.build_model(config.replace({"model": name}), (12, 12, 1), HEADS)
+    sizes = {"hidden": (8,), "cnn_features": (4, 4), "cnn_out": 8}
+    for name in ARCHITECTURES:
+        model = build_architecture(name, (12, 12, 1), HEADS, rngs=nnx.Rngs(0), **sizes)
         _, params, _ = nnx_bridge.split_params(model)
         assert jax.tree.leaves(params["shared"]) and jax.tree.leaves(params["heads"])
-    mmoe = runner.build_model(
-        config.replace({"model": "mmoe", "model_kw.num_experts": 5}), (12, 12, 1), HEADS
-    )
+    mmoe = build_architecture("mmoe", (12, 12, 1), HEADS, rngs=nnx.Rngs(0), num_experts=5, **sizes)
     assert len(mmoe.shared) == 5
     with pytest.raises(ValueError, match="unknown option"):
-        runner.build_model(config.replace({"model": "mmoe", "model_kw.k": 2}), (12, 12, 1), HEADS)
-    with pytest.raises(ValueError, match="model must be one of"):
-        config.replace({"model": "nope"})
+        build_architecture("mmoe", (12, 12, 1), HEADS, rngs=nnx.Rngs(0), k=2, **sizes)
+    with pytest.raises(ValueError, match="Unknown model 'nope'"):
+        build_architecture("nope", (12, 12, 1), HEADS, rngs=nnx.Rngs(0))
 
 
 def test_runner_runs_an_architecture_and_checks_the_level(data):
@@ -372,7 +370,7 @@ def test_runner_runs_an_architecture_and_checks_the_level(data):
         "diagnostics_every": 0,
         "dataset_kw": {"pairs_per_image": 1},
     }
-    summary = runner.run(small, data=data)
+    summary = run(small, data=data)
     assert set(summary["test"]) == set(TASKS)
     with pytest.raises(ValueError, match="no single shared representation"):
-        runner.run({**small, "model": "cross_stitch", "method": "mgda_ub"}, data=data)
+        run({**small, "model": "cross_stitch", "method": "mgda_ub"}, data=data)

@@ -11,6 +11,7 @@ import mtljax
 from mtljax import MultiTaskLoss, Tasks
 from mtljax.jacobian import per_task_gradients
 from mtljax.methods import REGISTRY
+from mtljax.step import NONFINITE_POLICIES, nonfinite_policy
 
 
 def step_for(loss_fn, names=("t0", "t1", "t2"), method="ew", **kw):
@@ -115,6 +116,11 @@ def test_params_need_shared_and_heads():
 # Non-finite policies: task t1's loss is NaN.
 
 
+def test_nonfinite_aliases():
+    assert [nonfinite_policy(name) for name in NONFINITE_POLICIES] == [
+        "skip_step", "drop_task", "skip_step", "skip_step", "drop_task"]
+
+
 def nan_in_t1(p, b):
     # `where` keeps the other tasks' rows finite: its pullback selects, so the zero cotangent
     # of rows t0 and t2 never meets the NaN (a product would give 0 · NaN = NaN in every row).
@@ -126,13 +132,13 @@ def nan_forward_in_t1(p, b):
 
 
 def clean_reference(params, batch, lr=0.1):
-    """EW on the two good tasks: the step ``zero`` must take."""
+    """EW on the two good tasks: the step ``drop_task`` must take."""
     grads = jax.grad(lambda p: mse(p, batch, 0) + mse(p, batch, 2))(params)
     return jax.tree.map(lambda p, g: p - lr * g, params, grads)
 
 
 @pytest.mark.parametrize("method", ["ew", "mgda"])
-@pytest.mark.parametrize("policy", ["raise", "skip"])
+@pytest.mark.parametrize("policy", ["skip_step", "raise", "skip"])
 def test_nonfinite_task_skips_the_update(policy, method):
     step, state, batch = step_for(nan_in_t1, method=method, nonfinite=policy)
     new_state, metrics = jax.jit(step)(state, batch)
@@ -175,11 +181,12 @@ def test_infinite_gradient_with_finite_loss_is_flagged(method):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("diagnostics", [False, True])
-def test_nonfinite_zero_drops_the_task(diagnostics):
-    """``zero``: the NaN task is dropped; the others update as if it were absent (EW, both the
-    one-backward-pass shortcut and the Jacobian path)."""
-    step, state, batch = step_for(nan_in_t1, nonfinite="zero", diagnostics=diagnostics)
+@pytest.mark.parametrize(("policy", "diagnostics"),
+                         [("drop_task", False), ("drop_task", True), ("zero", False)])
+def test_nonfinite_drop_task_drops_the_task(policy, diagnostics):
+    """``drop_task`` (alias ``zero``): the NaN task is dropped; the others update as if it
+    were absent (EW, both the one-backward-pass shortcut and the Jacobian path)."""
+    step, state, batch = step_for(nan_in_t1, nonfinite=policy, diagnostics=diagnostics)
     new_state, metrics = jax.jit(step)(state, batch)
     np.testing.assert_array_equal(metrics["nonfinite"], [False, True, False])
     assert not bool(metrics["skipped"])
@@ -188,26 +195,34 @@ def test_nonfinite_zero_drops_the_task(diagnostics):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_nonfinite_zero_with_a_gradient_method_still_updates_good_heads():
-    """MGDA with a dropped (zero) task: the min-norm point is 0, so the shared parameters stay,
-    while the good tasks' heads still descend their own losses and the bad head stays."""
-    step, state, batch = step_for(nan_in_t1, method="mgda", nonfinite="zero")
+def test_nonfinite_drop_task_runs_the_method_on_the_other_tasks():
+    """MGDA with a dropped task: the shared update is MGDA's on the two good tasks alone (the
+    dropped row does not exist for the method), the good heads descend their own losses and
+    the bad head stays."""
+    step, state, batch = step_for(nan_in_t1, method="mgda", nonfinite="drop_task")
     new_state, metrics = jax.jit(step)(state, batch)
     assert not bool(metrics["skipped"])
-    heads, old = new_state.params["heads"], state.params["heads"]
-    expected = clean_reference(state.params, batch)["heads"]
+    assert float(metrics["weights"][1]) == 0.0
+    params = state.params
+    rows = jax.jacrev(lambda p: jnp.stack([mse(p, batch, 0), mse(p, batch, 2)]))(params)
+    mgda = mtljax.get_method("mgda", 2)
+    direction = mgda.apply(rows["shared"], mgda.init(params["shared"])).updates
+    for new, old, d in zip(jax.tree.leaves(new_state.params["shared"]),
+                           jax.tree.leaves(params["shared"]), jax.tree.leaves(direction),
+                           strict=True):
+        np.testing.assert_allclose(new, old - 0.1 * d, rtol=1e-4, atol=1e-6)
+    heads = new_state.params["heads"]
+    expected = clean_reference(params, batch)["heads"]
     for name in ("t0", "t2"):
         np.testing.assert_allclose(heads[name]["w"], expected[name]["w"], rtol=1e-5, atol=1e-7)
-    np.testing.assert_array_equal(heads["t1"]["w"], old["t1"]["w"])
-    for a in jax.tree.leaves(new_state.params["shared"]):
-        assert np.all(np.isfinite(a))
+    np.testing.assert_array_equal(heads["t1"]["w"], params["heads"]["t1"]["w"])
 
 
 @pytest.mark.parametrize("method", ["ew", "mgda"])
-def test_nonfinite_zero_keeps_params_finite_when_nan_reaches_every_row(method):
+def test_nonfinite_drop_task_keeps_params_finite_when_nan_reaches_every_row(method):
     """A NaN in one task's forward pass reaches every row of the Jacobian through the shared
-    pullback (0 · NaN); ``zero`` then drops what is non-finite and never writes a NaN."""
-    step, state, batch = step_for(nan_forward_in_t1, method=method, nonfinite="zero")
+    pullback (0 · NaN); ``drop_task`` then drops what is non-finite and never writes a NaN."""
+    step, state, batch = step_for(nan_forward_in_t1, method=method, nonfinite="drop_task")
     new_state, metrics = jax.jit(step)(state, batch)
     assert bool(metrics["nonfinite"][1])
     for a in jax.tree.leaves(new_state.params):

@@ -14,13 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtljax import checkpoint, runner
+from mtljax import checkpoint
 from mtljax.checkpoint import Checkpointer, truncate_jsonl
 from mtljax.cli import main
+from mtljax.config import RunConfig
 from mtljax.methods import get_method
 from mtljax.metrics_log import read_jsonl
 from mtljax.nnx_bridge import split_params
-from mtljax.runner import RunConfig
+from mtljax.run import experiment, run
+from mtljax.tasks import Tasks, classification
 from mtljax.train import init_train_state
 
 BACKENDS = [
@@ -33,23 +35,24 @@ BACKENDS = [
     ),
 ]
 ROOT = Path(__file__).resolve().parents[1]
+TASKS = Tasks([classification("left", 10), classification("right", 10)])  # MultiDigits'
 
 
 def fresh_state(config: RunConfig, seed: int = 0):
     """A TrainState (adam, pcgrad) for ``config``'s model on MultiDigits."""
-    model = runner.build_model(
-        config.replace({"seed": seed}), (12, 12, 1), {"left": 10, "right": 10}
-    )
+    model = experiment.build_model(config.replace({"seed": seed}), (12, 12, 1), TASKS)
     params = split_params(model)[1]
-    method = get_method(config.method, 2, **config.method_kw)
-    return init_train_state(params, runner.build_optimizer(config), method)
+    method = get_method(config.method.name, 2, **config.method.kw)
+    return init_train_state(params, experiment.build_optimizer(config.optimizer), method)
 
 
 def advanced_state():
     """A state whose adam moments differ (mu ≠ nu, same shapes) and whose key has moved."""
-    config = RunConfig(hidden=(16,), method="pcgrad", method_kw={"key": 3})
+    config = RunConfig().replace(
+        {"model.kwargs.hidden": [16], "method.name": "pcgrad", "method.kw.key": 3}
+    )
     state = fresh_state(config)
-    tx = runner.build_optimizer(config)
+    tx = experiment.build_optimizer(config.optimizer)
     opt_state = state.opt_state
     for i in range(2):
         grads = jax.tree.map(lambda p, i=i: jnp.full_like(p, 0.1 * (i + 1)), state.params)
@@ -138,23 +141,21 @@ def test_truncate_jsonl(tmp_path):
 def test_resume_in_process_npz(tmp_path, monkeypatch, small_data):
     """A run stopped at its last checkpoint and resumed with more steps matches a longer run."""
     monkeypatch.setattr(checkpoint, "orbax_available", lambda: False)
-    config = RunConfig(
-        dataset_kw={"pairs_per_image": 1},
-        hidden=(16,),
-        method="pcgrad",
-        steps=30,
-        batch_size=32,
-        eval_every=10,
-        log_every=5,
-        diagnostics_every=0,
-        checkpoint_every=10,
+    schedule = {"steps": 30, "batch_size": 32, "eval_every": 10, "log_every": 5}
+    config = RunConfig().replace(
+        {
+            "data.kwargs.pairs_per_image": 1,
+            "model.kwargs.hidden": [16],
+            "method.name": "pcgrad",
+            "schedule": {**schedule, "diagnostics_every": 0, "checkpoint_every": 10},
+        }
     )
-    full = runner.run(config.replace({"workdir": str(tmp_path / "full")}), data=small_data)
+    full = run(config.replace({"workdir": str(tmp_path / "full")}), data=small_data)
     part = str(tmp_path / "part")
-    runner.run(config.replace({"workdir": part, "steps": 20}), data=small_data)
-    with pytest.raises(ValueError, match=r"fields \['lr'\]"):
-        runner.run(config.replace({"workdir": part, "lr": 0.1}), data=small_data, resume=True)
-    resumed = runner.run(config.replace({"workdir": part}), data=small_data, resume=True)
+    run(config.replace({"workdir": part, "schedule.steps": 20}), data=small_data)
+    with pytest.raises(ValueError, match=r"fields \['optimizer.lr'\]"):
+        run(config.replace({"workdir": part, "optimizer.lr": 0.1}), data=small_data, resume=True)
+    resumed = run(config.replace({"workdir": part}), data=small_data, resume=True)
     assert resumed["resumed_from"] == 20
     for key in ("val", "test", "best_step", "final_val", "nonfinite_steps"):
         assert resumed[key] == full[key]
@@ -166,9 +167,10 @@ def test_resume_in_process_npz(tmp_path, monkeypatch, small_data):
 def assert_same_final_checkpoint(dir_a: Path, dir_b: Path, config: RunConfig):
     state = fresh_state(config, seed=1)
     target = {"train_state": state, "best_params": state.params}
-    a = Checkpointer(dir_a / "checkpoints").restore(target, step=config.steps)
-    b = Checkpointer(dir_b / "checkpoints").restore(target, step=config.steps)
-    assert a[1]["step"] == b[1]["step"] == config.steps
+    steps = config.schedule.steps
+    a = Checkpointer(dir_a / "checkpoints").restore(target, step=steps)
+    b = Checkpointer(dir_b / "checkpoints").restore(target, step=steps)
+    assert a[1]["step"] == b[1]["step"] == steps
     assert_trees_equal(a[0], b[0])
 
 
@@ -178,8 +180,9 @@ def test_killed_run_resumes_exactly(tmp_path):
     steps, every = 150, 50
     args = [
         sys.executable, "-m", "mtljax.cli", "run", "multidigits:pcgrad",
-        "--set", f"steps={steps}", "--set", f"checkpoint_every={every}", "--set", "eval_every=50",
-        "--set", "hidden=[64]", "--set", "batch_size=64", "--set", "diagnostics_every=0",
+        "--set", f"schedule.steps={steps}", "--set", f"schedule.checkpoint_every={every}",
+        "--set", "schedule.eval_every=50", "--set", "model.kwargs.hidden=[64]",
+        "--set", "schedule.batch_size=64", "--set", "schedule.diagnostics_every=0",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
@@ -233,4 +236,4 @@ def test_killed_run_resumes_exactly(tmp_path):
     train_steps = [r["step"] for r in records if "losses" in r]
     assert len(train_steps) == len(set(train_steps))  # no step logged twice
     assert records == read_jsonl(reference / "metrics.jsonl")
-    assert_same_final_checkpoint(reference, killed, runner.as_config(want["config"]))
+    assert_same_final_checkpoint(reference, killed, RunConfig.from_dict(want["config"]))

@@ -5,6 +5,7 @@ import pytest
 
 from mtljax import Metric, Task, Tasks
 from mtljax.evaluation import delta_m, delta_p
+from mtljax.tasks import depth, normals, segmentation
 
 # NYUv2 (SegNet/MTAN), as published by Navon et al. 2022 (Table 2): STL and LS rows.
 NYU_TASKS = Tasks(
@@ -97,3 +98,26 @@ def test_extra_metrics_are_ignored_and_missing_ones_raise():
         delta_m({"a": {"acc": 1.0}}, {"a": {"acc": 0.0}}, tasks)
     with pytest.raises(ValueError, match="at least one metric"):
         delta_m({"a": {}}, {"a": {}}, Tasks(["a"]))
+
+
+# The built-in dense task types carry the directions of shared/DENSE_METRICS.md.
+BUILT_IN_NYU = Tasks([segmentation("segmentation", 13), depth(), normals()])
+
+
+def test_built_in_nyuv2_tasks_reproduce_the_published_delta_m():
+    assert (
+        round(delta_m(nested(LS, BUILT_IN_NYU), nested(STL, BUILT_IN_NYU), BUILT_IN_NYU), 2) == 5.59
+    )
+
+
+def test_delta_m_by_hand_on_the_nine_nyuv2_metrics():
+    """Signed relative improvements, by hand: miou +10%, pixel acc 0, abs err −10% (better,
+    +10), rel err +10% (worse, −10), mean angle 0, median angle +20% (worse, −20), within 11.25°
+    +10%, within 22.5° 0, within 30° −10%. Sum −10 over 9 metrics: Δm% = +10/9. Per task:
+    segmentation +5, depth 0, normals −4: Δp = 1/3."""
+    baseline = [0.40, 0.60, 0.50, 0.20, 20.0, 15.0, 0.30, 0.50, 0.60]
+    method = [0.44, 0.60, 0.45, 0.22, 20.0, 18.0, 0.33, 0.50, 0.54]
+    got = delta_m(nested(method, BUILT_IN_NYU), nested(baseline, BUILT_IN_NYU), BUILT_IN_NYU)
+    assert got == pytest.approx(10 / 9)
+    got = delta_p(nested(method, BUILT_IN_NYU), nested(baseline, BUILT_IN_NYU), BUILT_IN_NYU)
+    assert got == pytest.approx(1 / 3)

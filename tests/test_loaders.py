@@ -4,6 +4,13 @@ import os
 
 import numpy as np
 import pytest
+from fixtures.datasets import (
+    OFFICE_CLASSES,
+    write_celeba,
+    write_cityscapes,
+    write_nyuv2,
+    write_office,
+)
 
 from mtljax.data import (
     MultiInputIterator,
@@ -14,38 +21,18 @@ from mtljax.data import (
 )
 
 
-def _write_scenes(root, folder, n, size, dirs, num_classes, seed):
-    """MTAN-style ``root/folder/<dir>/<i>.npy``; returns what was written."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    made = {"image": rng.random((n, h, w, 3)).astype(np.float32)}
-    made["label"] = rng.integers(-1, num_classes, (n, h, w)).astype(np.float32)
-    made["depth"] = rng.random((n, h, w, 1)).astype(np.float32)
-    made["normal"] = rng.normal(size=(n, h, w, 3)).astype(np.float32)
-    for key, subdir in dirs.items():
-        os.makedirs(os.path.join(root, folder, subdir))
-        for i in range(n):
-            np.save(os.path.join(root, folder, subdir, f"{i}.npy"), made[key][i])
-    return made
-
-
-NYU_DIRS = {"image": "image", "label": "label", "depth": "depth", "normal": "normal"}
-CITY_DIRS = {"image": "image", "label": "label_7", "depth": "depth"}
-
-
 @pytest.fixture
 def nyu_root(tmp_path):
     root = str(tmp_path / "nyuv2")
-    train = _write_scenes(root, "train", 3, (288, 384), NYU_DIRS, 13, 0)
-    val = _write_scenes(root, "val", 2, (288, 384), NYU_DIRS, 13, 1)
-    return root, train, val
+    written = write_nyuv2(root, n_train=3, n_test=2, size=(16, 24))
+    return root, written["train"], written["val"]
 
 
 def test_nyuv2_reads_the_mtan_layout(nyu_root):
     root, train, val = nyu_root
     data = load_nyuv2(root, val_fraction=0)
     assert data.tasks.names == ("segmentation", "depth", "normal")
-    assert data.input_shape == (288, 384, 3) and data.num_classes == {"segmentation": 13}
+    assert data.input_shape == (16, 24, 3) and data.num_classes == {"segmentation": 13}
     got = data.splits["train"]
     np.testing.assert_array_equal(got["x"], train["image"])
     assert got["segmentation"].dtype == np.int32 and got["segmentation"].min() == -1
@@ -85,11 +72,22 @@ def test_nyuv2_layout_errors_name_the_culprit(nyu_root):
 
 def test_nyuv2_rejects_bad_files(nyu_root):
     root, _, _ = nyu_root
-    np.save(os.path.join(root, "train", "image", "2.npy"), np.zeros((144, 192, 3), np.float32))
-    with pytest.raises(ValueError, match=r"image/2\.npy has shape \(144, 192, 3\)"):
+    # By default every file must share the first image's size; size= fixes it.
+    with pytest.raises(ValueError, match=r"image/0\.npy has shape \(16, 24, 3\), expected \(288"):
+        load_nyuv2(root, size=(288, 384))
+    np.save(os.path.join(root, "train", "image", "2.npy"), np.zeros((8, 12, 3), np.float32))
+    with pytest.raises(ValueError, match=r"image/2\.npy has shape \(8, 12, 3\)"):
         load_nyuv2(root)
-    np.save(os.path.join(root, "train", "image", "2.npy"), np.zeros((288, 384, 3), np.float32))
-    np.save(os.path.join(root, "train", "label", "0.npy"), np.full((288, 384), 13.0))
+    np.save(os.path.join(root, "train", "image", "2.npy"), np.zeros((16, 24, 3), np.float32))
+    np.save(os.path.join(root, "train", "depth", "1.npy"), np.zeros((8, 12, 1), np.float32))
+    with pytest.raises(ValueError, match=r"depth/1\.npy has shape \(8, 12, 1\), expected \(16"):
+        load_nyuv2(root)
+    np.save(os.path.join(root, "train", "depth", "1.npy"), np.zeros((16, 24, 1), np.float32))
+    np.save(os.path.join(root, "val", "image", "0.npy"), np.zeros((8, 12, 3), np.float32))
+    with pytest.raises(ValueError, match=r"val/image/0\.npy has shape \(8, 12, 3\), expected"):
+        load_nyuv2(root)  # test scenes must have the training scenes' size
+    np.save(os.path.join(root, "val", "image", "0.npy"), np.zeros((16, 24, 3), np.float32))
+    np.save(os.path.join(root, "train", "label", "0.npy"), np.full((16, 24), 13.0))
     with pytest.raises(ValueError, match=r"label/0\.npy holds values outside -1\.\.12"):
         load_nyuv2(root)
     os.remove(os.path.join(root, "train", "image", "1.npy"))
@@ -99,11 +97,11 @@ def test_nyuv2_rejects_bad_files(nyu_root):
 
 def test_cityscapes_reads_label_7_and_other_label_folders(tmp_path):
     root = str(tmp_path / "cityscapes")
-    train = _write_scenes(root, "train", 2, (128, 256), CITY_DIRS, 7, 2)
-    val = _write_scenes(root, "val", 2, (128, 256), CITY_DIRS, 7, 3)
-    data = load_cityscapes(root, val_fraction=0)
+    written = write_cityscapes(root, n_train=2, n_test=2)
+    train, val = written["train"], written["val"]
+    data = load_cityscapes(root, val_fraction=0, size=(16, 32))
     assert data.tasks.names == ("segmentation", "depth")
-    assert data.input_shape == (128, 256, 3)
+    assert data.input_shape == (16, 32, 3)
     np.testing.assert_array_equal(data.splits["train"]["x"], train["image"])
     np.testing.assert_array_equal(data.splits["test"]["depth"], val["depth"])
     with pytest.raises(FileNotFoundError, match="train/label_19"):
@@ -112,44 +110,20 @@ def test_cityscapes_reads_label_7_and_other_label_folders(tmp_path):
         os.rename(os.path.join(root, folder, "label_7"), os.path.join(root, folder, "label"))
     libmtl = load_cityscapes(root, label_dir="label", val_fraction=0)
     np.testing.assert_array_equal(
-        libmtl.splits["train"]["segmentation"], train["label"].astype(np.int32)
+        libmtl.splits["train"]["segmentation"], train["label_7"].astype(np.int32)
     )
-    with pytest.raises(ValueError, match="expected \\(128, 256, 1\\)"):
-        np.save(os.path.join(root, "val", "depth", "0.npy"), np.zeros((128, 256)))
+    with pytest.raises(ValueError, match="expected \\(16, 32, 1\\)"):
+        np.save(os.path.join(root, "val", "depth", "0.npy"), np.zeros((16, 32)))
         load_cityscapes(root, label_dir="label")
 
 
 # ---------------------------------------------------------------- image datasets (Pillow)
 
 
-def _save_image(path, color, size=(10, 12)):
-    from PIL import Image
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.new("RGB", (size[1], size[0]), tuple(int(c) for c in color)).save(path)
-
-
-def _write_celeba(root, n=9):
-    rng = np.random.default_rng(0)
-    names = [f"Attr_{k}" for k in range(40)]
-    values = rng.choice([-1, 1], size=(n, 40))
-    files = [f"{i + 1:06d}.jpg" for i in range(n)]
-    for i, f in enumerate(files):
-        _save_image(os.path.join(root, "img_align_celeba", f), (20 * i, 100, 200))
-    with open(os.path.join(root, "list_attr_celeba.txt"), "w") as out:
-        out.write(f"{n}\n{' '.join(names)}\n")
-        for f, row in zip(files, values, strict=True):
-            out.write(f + " " + " ".join(f"{v:2d}" for v in row) + "\n")
-    partition = [0, 0, 0, 0, 1, 1, 2, 2, 2][:n]
-    with open(os.path.join(root, "list_eval_partition.txt"), "w") as out:
-        out.writelines(f"{f} {p}\n" for f, p in zip(files, partition, strict=True))
-    return names, values, partition
-
-
 def test_celeba_reads_the_official_files(tmp_path):
     pytest.importorskip("PIL")
     root = str(tmp_path / "celeba")
-    names, values, partition = _write_celeba(root)
+    names, values, partition = write_celeba(root)
     data = load_celeba(root, image_size=(8, 6))
     assert data.tasks.names == tuple(names) and len(data.tasks) == 40
     assert {s: len(data.splits[s]["x"]) for s in ("train", "val", "test")} == {
@@ -178,7 +152,7 @@ def test_celeba_reads_the_official_files(tmp_path):
 def test_celeba_layout_errors(tmp_path):
     pytest.importorskip("PIL")
     root = str(tmp_path / "celeba")
-    _write_celeba(root)
+    write_celeba(root)
     with pytest.raises(ValueError, match="Unknown CelebA attributes \\['Smiling'\\]"):
         load_celeba(root, attributes=["Smiling"])
     os.remove(os.path.join(root, "img_align_celeba", "000007.jpg"))
@@ -195,22 +169,11 @@ def test_celeba_layout_errors(tmp_path):
         load_celeba(root)
 
 
-COLORS = {"back_pack": (255, 0, 0), "bike": (0, 255, 0), "mug": (0, 0, 255)}
-
-
-def _write_office_folders(root, domains, per_class=5, images_level=()):
-    for d in domains:
-        base = os.path.join(root, d, "images") if d in images_level else os.path.join(root, d)
-        for c, color in COLORS.items():
-            for i in range(per_class):
-                _save_image(os.path.join(base, c, f"frame_{i:04d}.png"), color)
-
-
 def test_office_folder_layout_splits_each_domain(tmp_path):
     pytest.importorskip("PIL")
     root = str(tmp_path / "office31")
     domains = ("amazon", "dslr", "webcam")
-    _write_office_folders(root, domains, images_level=("amazon", "dslr"))
+    write_office(root, domains, images_level=("amazon", "dslr"), ext=".png")
     data = load_office(root, "office-31", image_size=(6, 6), seed=0)
     assert data.tasks.names == domains and data.num_classes == dict.fromkeys(domains, 3)
     for d in domains:
@@ -220,7 +183,7 @@ def test_office_folder_layout_splits_each_domain(tmp_path):
         assert len(set(paths)) == 15  # disjoint splits
         for s in ("train", "val", "test"):
             x, y = data.splits[s][d]["x"], data.splits[s][d]["y"]
-            want = np.array([COLORS[sorted(COLORS)[k]] for k in y]) / 255
+            want = np.array([OFFICE_CLASSES[sorted(OFFICE_CLASSES)[k]] for k in y]) / 255
             np.testing.assert_allclose(x[:, 2, 3], want, atol=1e-6)  # label = sorted class
     again = load_office(root, "office-31", image_size=(6, 6), seed=0)
     other = load_office(root, "office-31", image_size=(6, 6), seed=1)
@@ -236,7 +199,7 @@ def test_office_image_lists(tmp_path):
     pytest.importorskip("PIL")
     root = str(tmp_path / "officehome")
     domains = ("Art", "Clipart", "Product", "Real_World")
-    _write_office_folders(root, domains, per_class=2)
+    write_office(root, domains, per_class=2, ext=".png")
     lists = os.path.join(root, "data_txt")
     os.makedirs(lists)
     for d in domains:
@@ -255,10 +218,10 @@ def test_office_image_lists(tmp_path):
 def test_office_layout_errors(tmp_path):
     pytest.importorskip("PIL")
     root = str(tmp_path / "office31")
-    _write_office_folders(root, ("amazon", "dslr"), per_class=1)
+    write_office(root, ("amazon", "dslr"), per_class=1)
     with pytest.raises(FileNotFoundError, match="missing directory .*webcam"):
         load_office(root)
-    _write_office_folders(root, ("webcam",), per_class=1)
+    write_office(root, ("webcam",), per_class=1)
     os.rename(os.path.join(root, "webcam", "mug"), os.path.join(root, "webcam", "cup"))
     with pytest.raises(ValueError, match="webcam has different classes .*missing \\['mug'\\]"):
         load_office(root)

@@ -217,7 +217,7 @@ def test_contract(name):
     num_tasks, dim, lr = 3, 17, 0.1
     claims = TABLE[name]
     method = build(name, num_tasks, **claims.build_hparams(num_tasks))
-    tx = optax.chain(method, optax.sgd(lr))
+    tx = optax.chain(method.as_optax(), optax.sgd(lr))
     params = jnp.zeros((dim,), jnp.float32)
     tree_params = {"a": jnp.zeros((5,), jnp.float32), "b": jnp.zeros((3, 4), jnp.float32)}
     traces = []

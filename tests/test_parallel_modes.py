@@ -20,6 +20,7 @@ from toy import make_problem
 import mtljax
 from mtljax import parallel
 from mtljax.jacobian import chunk_size_for_budget
+from mtljax.step import DataParallel, TaskSharded
 
 NUM_DEVICES = 8
 
@@ -128,6 +129,24 @@ def test_aggregate_is_validated():
                                level="representation")
 
 
+def test_parallelism_is_a_value_the_wrappers_read():
+    """The step carries its parallelism as a value; ``parallel`` maps it from there and
+    refuses a mesh axis other than the step's."""
+    tasks, loss, _, method, opt, _ = sgd_state("mgda")
+    local = mtljax.make_train_step(loss, tasks, method, opt, axis_name="data",
+                                   aggregate="local")
+    assert local.options.parallel == DataParallel("data", "loss", "local")
+    assert not local.options.parallel.check_vma
+    assert local.engine == "jacobian"
+    mesh = parallel.data_mesh(jax.devices()[:2])
+    with pytest.raises(ValueError, match="maps over 'data'.*axis_name=None"):
+        parallel.shard_map_step(mtljax.make_train_step(loss, tasks, method, opt), mesh)
+    sharded = mtljax.make_train_step(loss, tasks, method, opt, task_axis="task")
+    assert sharded.options.parallel == TaskSharded("task")
+    with pytest.raises(ValueError, match="maps over 'tasks'"):
+        parallel.task_sharded_step(sharded, mesh, task_axis="tasks")
+
+
 # ---------------------------------------------------------------------------------------------
 # Task sharding
 
@@ -168,10 +187,10 @@ def test_task_sharded_equals_unsharded(name, num_tasks):
             np.testing.assert_allclose(m_sharded[key], m_plain[key], rtol=1e-5, atol=1e-6)
 
 
-def test_task_sharded_nonfinite_zero():
+def test_task_sharded_nonfinite_drop_task():
     """A task whose loss is NaN is dropped from the step the same way as on one device."""
-    plain, m_plain = run_two_steps("mgda", 3, task_sharded=False, nonfinite="zero", nan_task=1)
-    sharded, m_sharded = run_two_steps("mgda", 3, task_sharded=True, nonfinite="zero",
+    plain, m_plain = run_two_steps("mgda", 3, task_sharded=False, nonfinite="drop_task", nan_task=1)
+    sharded, m_sharded = run_two_steps("mgda", 3, task_sharded=True, nonfinite="drop_task",
                                        nan_task=1)
     assert np.asarray(m_sharded["nonfinite"]).tolist() == [False, True, False]
     assert not bool(m_sharded["skipped"])

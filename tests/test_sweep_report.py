@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from mtljax.cli import main
+from mtljax.config import RunConfig
 from mtljax.evaluation import delta_m, delta_p
+from mtljax.methods import REGISTRY, unregister_method
 from mtljax.metrics_log import JsonlWriter
 from mtljax.report import build_report, mean_ranks, pareto_mask, to_csv, to_markdown, write_plots
-from mtljax.runner import RunConfig
 from mtljax.sweep import (
     PlannedRun,
     grid_points,
@@ -24,13 +25,13 @@ from mtljax.sweep import (
 )
 
 SMALL = {
-    "steps": 10,
-    "eval_every": 10,
-    "log_every": 5,
-    "diagnostics_every": 0,  # one compiled step per run keeps the sweep test fast
-    "dataset_kw": {"pairs_per_image": 1},
-    "hidden": [16],
-    "batch_size": 32,
+    "schedule.steps": 10,
+    "schedule.eval_every": 10,
+    "schedule.log_every": 5,
+    "schedule.diagnostics_every": 0,  # one compiled step per run keeps the sweep test fast
+    "data.kwargs": {"pairs_per_image": 1},
+    "model.kwargs": {"hidden": [16]},
+    "schedule.batch_size": 32,
 }
 SMALL_FLAGS = [
     arg for key, value in SMALL.items() for arg in ("--set", f"{key}={json.dumps(value)}")
@@ -66,20 +67,20 @@ def test_sweep_shards_then_skips_then_reruns_incomplete(tmp_path, cached_data, c
     # An interrupted run (folder without summary.json) is trained again, here with checkpoints
     # (a setting that does not count as a config change); the rest is skipped.
     summaries["uw/seed1"].unlink()
-    assert main([*sweep, "--set", "checkpoint_every=5"]) == 0
+    assert main([*sweep, "--set", "schedule.checkpoint_every=5"]) == 0
     lines = sweep_lines(capsys.readouterr().out)
     assert lines["uw/seed1"].endswith("(was incomplete: re-run)")
     assert [n for n, what in lines.items() if what == "complete, skipped"] == sorted(
         expected - {"uw/seed1"}
     )
     stored = json.loads(summaries["uw/seed1"].read_text())
-    assert stored["config"]["method"] == "uw" and stored["config"]["seed"] == 1
+    assert stored["config"]["method"]["name"] == "uw" and stored["config"]["seed"] == 1
 
     # Interrupted again after its last checkpoint: it resumes instead of training again.
     summaries["uw/seed1"].unlink()
-    assert main([*sweep, "--set", "checkpoint_every=5"]) == 0
+    assert main([*sweep, "--set", "schedule.checkpoint_every=5"]) == 0
     lines = sweep_lines(capsys.readouterr().out)
-    assert lines["uw/seed1"].endswith(f"(resumed from step {SMALL['steps']})")
+    assert lines["uw/seed1"].endswith(f"(resumed from step {SMALL['schedule.steps']})")
     resumed = json.loads(summaries["uw/seed1"].read_text())
     assert resumed["test"] == stored["test"] and resumed["best_step"] == stored["best_step"]
 
@@ -115,23 +116,24 @@ def test_plot_writes_the_diagnostic_plots(tmp_path):
 
 
 def test_changed_config_is_not_silently_reused(tmp_path):
-    base = RunConfig(**SMALL)
+    base = RunConfig().replace(SMALL)
     (planned,) = plan_sweep(base, methods=["ew"], seeds=[0], workdir=tmp_path)
     assert run_status(planned) == "new"
     (tmp_path / "ew" / "seed0").mkdir(parents=True)
     assert run_status(planned) == "incomplete"
-    config = json.loads(json.dumps(vars(planned.config)))
+    config = planned.config.to_dict()
     (tmp_path / "ew" / "seed0" / "summary.json").write_text(json.dumps({"config": config}))
     assert run_status(planned) == "complete"
-    other = PlannedRun("ew", planned.config.replace({"steps": 11, "checkpoint_every": 5}))
-    with pytest.raises(ValueError, match=r"differs in \['steps'\]"):
+    changes = {"schedule.steps": 11, "schedule.checkpoint_every": 5, "tensorboard": False}
+    other = PlannedRun("ew", planned.config.replace(changes))
+    with pytest.raises(ValueError, match=r"differs in \['schedule.steps'\]"):
         run_status(other)
 
 
 def test_plan_grid_random_and_shards(tmp_path):
-    base = RunConfig(**SMALL)
-    grid = parse_grid(["method_kw.c=0.2,0.4,0.6", "lr=1e-3,1e-2"])
-    assert grid == {"method_kw.c": [0.2, 0.4, 0.6], "lr": [1e-3, 1e-2]}
+    base = RunConfig().replace(SMALL)
+    grid = parse_grid(["method.kw.c=0.2,0.4,0.6", "lr=1e-3,1e-2"])  # lr: the 0.1 alias
+    assert grid == {"method.kw.c": [0.2, 0.4, 0.6], "optimizer.lr": [1e-3, 1e-2]}
     runs = plan_sweep(
         base,
         methods=["ew", "cagrad"],
@@ -151,9 +153,13 @@ def test_plan_grid_random_and_shards(tmp_path):
     ]
     assert len(runs) == 2 * len(labels)
     stl = runs[0].config
-    assert (stl.tasks, stl.method, stl.method_kw, stl.steps) == (("left",), "ew", {}, 10)
+    assert (stl.data.tasks, stl.method.name, stl.method.kw, stl.schedule.steps) == (
+        ("left",), "ew", {}, 10
+    )  # fmt: skip
     last = runs[-1].config
-    assert (last.method, last.method_kw, last.lr, last.seed) == ("cagrad", {"c": 0.6}, 0.01, 1)
+    assert (last.method.name, last.method.kw, last.optimizer.lr, last.seed) == (
+        "cagrad", {"c": 0.6}, 0.01, 1
+    )  # fmt: skip
     assert last.workdir == str(tmp_path / "cagrad_c=0.6_lr=0.01" / "seed1")
 
     for count in (1, 3, 7):
@@ -171,9 +177,9 @@ def test_plan_grid_random_and_shards(tmp_path):
     assert len({json.dumps(p) for p in drawn}) == 4
     assert drawn == grid_points(grid, random=4, random_seed=5)
     assert grid_points(grid, random=100) == full
-    with pytest.raises(ValueError, match="cannot vary 'method'"):
+    with pytest.raises(ValueError, match="cannot vary 'method.name'"):
         parse_grid(["method=ew,uw"])
-    with pytest.raises(ValueError, match=r"takes the grid key\(s\) \['method_kw.c'\]"):
+    with pytest.raises(ValueError, match=r"takes the grid key\(s\) \['method.kw.c'\]"):
         plan_sweep(base, methods=["ew", "uw"], seeds=[0], workdir=tmp_path, grid=grid)
 
 
@@ -199,8 +205,9 @@ def test_pareto_mask_by_hand():
 
 
 def write_summary(folder, *, method, seed, tasks, test, method_kw=None):
-    config = {**RunConfig(**SMALL).__dict__, "method": method, "seed": seed}
-    config.update(method_kw=method_kw or {}, tasks=tasks if len(tasks) == 1 else None)
+    run = {"method.name": method, "method.kw": method_kw or {}, "seed": seed}
+    run["data.tasks"] = tasks if len(tasks) == 1 else None
+    config = RunConfig().replace(SMALL).replace(run).to_dict()
     higher = {t: {"accuracy": True, "cross_entropy": False} for t in tasks}
     summary = {"config": config, "tasks": tasks, "higher_is_better": higher, "test": test}
     folder.mkdir(parents=True)
@@ -313,3 +320,50 @@ def test_report_without_baseline_and_with_three_tasks(tmp_path):
     (tmp_path / "bench" / "summary.json").write_text(json.dumps({"methods": {}}))
     with pytest.raises(ValueError, match="No run summary.json"):
         build_report([tmp_path / "bench"])
+
+
+USER_METHOD = '''"""A config that registers its own Gram-space method (unit gradients, scaled)."""
+
+import jax.numpy as jnp
+import optax
+
+import mtljax
+from mtljax.config import RunConfig
+
+
+def unit_sum(num_tasks, *, scale=1.0):
+    def weights_fn(gram, state, *, task_losses=None, task_mask=None, **extra):
+        weights = scale / jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 1e-12))
+        return (weights if task_mask is None else jnp.where(task_mask, weights, 0.0)), state
+
+    return mtljax.methods.gram_weighting("unit_sum", num_tasks, optax.EmptyState, weights_fn)
+
+
+mtljax.register_method(
+    "unit_sum", unit_sum, summary="sum of unit gradients", paper="-", overwrite=True
+)
+
+
+def get_config(arg=None):
+    return RunConfig().replace({"method.name": "unit_sum"})
+'''
+
+
+def test_method_registered_in_a_config_file_sweeps_and_reports(tmp_path, cached_data, capsys):
+    path = tmp_path / "mine.py"
+    path.write_text(USER_METHOD)
+    assert "unit_sum" not in REGISTRY  # only loading the config registers it
+    args = ["sweep", str(path), "--seeds", "0", "--grid", "method.kw.scale=0.5,1.0"]
+    try:
+        assert main([*args, "--workdir", str(tmp_path / "sweep"), *SMALL_FLAGS]) == 0
+        lines = sweep_lines(capsys.readouterr().out)
+        assert set(lines) == {
+            "stl_left/seed0", "stl_right/seed0", "unit_sum_scale=0.5/seed0",
+            "unit_sum_scale=1.0/seed0",
+        }  # fmt: skip
+        assert main(["report", str(tmp_path / "sweep"), "--format", "csv"]) == 0
+        rows = {r["method"]: r for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+        assert set(rows) == {"STL", "unit_sum scale=0.5", "unit_sum scale=1.0"}
+        assert all(np.isfinite(float(rows[m]["delta_m"])) for m in rows if m != "STL")
+    finally:
+        unregister_method("unit_sum")

@@ -7,19 +7,18 @@ import sys
 import numpy as np
 import pytest
 
-from mtljax import runner
+from mtljax.config import RunConfig
 from mtljax.metrics_log import read_jsonl
-from mtljax.runner import RunConfig
+from mtljax.run import run
 from mtljax.tensorboard import record_scalars
 
-SMALL = dict(
-    steps=20,
-    eval_every=10,
-    log_every=5,
-    diagnostics_every=10,
-    hidden=(16,),
-    batch_size=64,
-    dataset_kw={"pairs_per_image": 1},
+SMALL = RunConfig().replace(
+    {
+        "schedule": {"steps": 20, "eval_every": 10, "log_every": 5, "diagnostics_every": 10},
+        "schedule.batch_size": 64,
+        "model.kwargs.hidden": [16],
+        "data.kwargs.pairs_per_image": 1,
+    }
 )
 
 
@@ -110,8 +109,8 @@ def test_record_scalars_tags():
 
 def test_event_file_holds_the_metrics_jsonl_values(tmp_path, small_data):
     pytest.importorskip("tensorboardX")
-    summary = runner.run(
-        RunConfig(**SMALL, method="pcgrad", workdir=str(tmp_path)), data=small_data
+    summary = run(
+        SMALL.replace({"method.name": "pcgrad", "workdir": str(tmp_path)}), data=small_data
     )
     assert summary["tensorboard"] is True
     tb = read_scalars(tmp_path / "tb")
@@ -139,9 +138,7 @@ def test_event_file_holds_the_metrics_jsonl_values(tmp_path, small_data):
 
 
 def test_disabled_writes_no_tb_folder(tmp_path, small_data):
-    summary = runner.run(
-        RunConfig(**SMALL, tensorboard=False, workdir=str(tmp_path)), data=small_data
-    )
+    summary = run(SMALL.replace({"tensorboard": False, "workdir": str(tmp_path)}), data=small_data)
     assert summary["tensorboard"] is False
     assert (tmp_path / "metrics.jsonl").is_file()
     assert not (tmp_path / "tb").exists()
@@ -149,7 +146,7 @@ def test_disabled_writes_no_tb_folder(tmp_path, small_data):
 
 def test_without_tensorboardx_the_run_goes_on(tmp_path, small_data, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # makes `import tensorboardX` fail
-    summary = runner.run(RunConfig(**SMALL, workdir=str(tmp_path)), data=small_data)
+    summary = run(SMALL.replace({"workdir": str(tmp_path)}), data=small_data)
     assert summary["tensorboard"] is False
     assert read_jsonl(tmp_path / "metrics.jsonl")
     assert not (tmp_path / "tb").exists()

@@ -1,7 +1,7 @@
 """Built-in offline benchmarks that reproduce published multi-task claims.
 
 Each module defines a frozen settings dataclass with ``run(workdir) -> summary`` and
-``table(summary) -> str``, and ``experiments/configs/<name>.py`` returns one, so that
+``table(summary) -> str``, and ``mtljax/configs/<name>.py`` returns one, so that
 ``mtljax run <name> --workdir DIR`` runs it (``--set field=value`` overrides a setting):
 
 * :mod:`~mtljax.benchmarks.toy2d` — the CAGrad / Nash-MTL / FAMO two-objective toy: which

@@ -2,7 +2,7 @@
 
 A benchmark is a frozen dataclass of its settings with ``run(workdir) -> summary`` and
 ``table(summary) -> str``; ``mtljax run NAME`` calls them when a config's ``get_config`` returns
-one instead of a :class:`~mtljax.runner.RunConfig`.
+one instead of a :class:`~mtljax.config.RunConfig`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from flax import nnx
 from jax import lax
 
 from mtljax import objectives
+from mtljax.config import coerce, parse_value
 from mtljax.methods import get_method
 from mtljax.metrics_log import to_json
 from mtljax.nnx_bridge import model_loss, model_predict, split_params
@@ -32,10 +34,15 @@ class BenchmarkConfig:
     def replace(self, overrides: Mapping[str, Any]):
         """A copy with ``overrides`` applied; ``"method_kw.famo"`` sets one key of a dict field.
 
+        Values are checked against the field's type and text is parsed
+        (:func:`mtljax.config.coerce`), so ``--set steps=20000`` sets an integer.
+
         Raises:
-          ValueError: an unknown field, or a dotted key into a field that is not a dict.
+          ValueError: an unknown field, a dotted key into a field that is not a dict, or a
+            value of the wrong type.
         """
-        fields = {f.name for f in dataclasses.fields(self)}
+        hints = typing.get_type_hints(type(self))
+        fields = [f.name for f in dataclasses.fields(self)]
         values = {}
         for key, value in overrides.items():
             name, _, sub = key.partition(".")
@@ -45,10 +52,8 @@ class BenchmarkConfig:
                 current = values.get(name, getattr(self, name))
                 if not isinstance(current, Mapping):
                     raise ValueError(f"{name!r} is not a dict field; cannot set {key!r}.")
-                value = {**current, sub: value}
-            elif isinstance(getattr(self, name), tuple) and isinstance(value, list):
-                value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-            values[name] = value
+                value = {**current, sub: parse_value(value)}
+            values[name] = coerce(name, hints[name], value)
         return dataclasses.replace(self, **values)
 
 

@@ -40,6 +40,7 @@ from mtljax.benchmarks._base import (
     write_summary,
 )
 from mtljax.models import MLP, HardSharing
+from mtljax.tables import format_table
 
 IN_FEATURES, OUT_FEATURES = 250, 100
 
@@ -143,8 +144,6 @@ class GradNormSynthetic(BenchmarkConfig):
 
     def table(self, summary: dict) -> str:
         """One row per method: ``Σ L_i/L_i(0)`` on the test set and the per-task extremes."""
-        from mtljax.cli import format_table
-
         rows = []
         for method, r in summary["methods"].items():
             ratios = r["task_ratios"]

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from mtljax.benchmarks._base import BenchmarkConfig, sample_batches, scan_train, write_summary
+from mtljax.tables import format_table
 from mtljax.train import MultiTaskLoss
 
 TRUE_W = ((0.1, 0.2), (0.5, 0.9))
@@ -109,8 +110,6 @@ class Linear(BenchmarkConfig):
 
     def table(self, summary: dict) -> str:
         """One row per method: learned W and b, their errors, recovered or not."""
-        from mtljax.cli import format_table
-
         rows = [
             (
                 m,

@@ -44,6 +44,7 @@ from mtljax.benchmarks._base import (
     write_summary,
 )
 from mtljax.models import MLP, HardSharing, MMoE
+from mtljax.tables import format_table
 
 TASKS = ("y1", "y2")
 MODELS = ("hard_sharing", "mmoe")
@@ -196,8 +197,6 @@ class MMoESynthetic(BenchmarkConfig):
 
     def table(self, summary: dict) -> str:
         """One row per correlation: test MSE of each model and the gap."""
-        from mtljax.cli import format_table
-
         rows = []
         for p, corr in summary["label_correlation"].items():
             hard = summary["models"]["hard_sharing"][p]["test_mse"]

@@ -30,6 +30,7 @@ from mtljax import objectives
 from mtljax.benchmarks._base import BenchmarkConfig, sample_batches, scan_train, write_summary
 from mtljax.models import MLP, HardSharing, SequenceEncoder
 from mtljax.nnx_bridge import model_loss, model_predict, split_params
+from mtljax.tables import format_table
 
 PRESENT_TOKEN = 3
 PARITY_TOKEN = 5
@@ -147,8 +148,6 @@ class Text(BenchmarkConfig):
 
     def table(self, summary: dict) -> str:
         """One row per method: test accuracy per task (majority-class rate in the header)."""
-        from mtljax.cli import format_table
-
         majority = summary["majority_rate"]
         headers = ["method", *(f"{t} (majority {majority[t]:.2f})" for t in TASKS), "s"]
         rows = [

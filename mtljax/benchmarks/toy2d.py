@@ -48,6 +48,7 @@ from jax import lax
 
 from mtljax.benchmarks._base import BenchmarkConfig, write_summary
 from mtljax.methods import get_method
+from mtljax.tables import format_table
 from mtljax.tasks import Tasks
 from mtljax.train import MultiTaskLoss, init_train_state, make_train_step
 
@@ -202,8 +203,6 @@ class Toy2D(BenchmarkConfig):
 
     def table(self, summary: dict) -> str:
         """One row per method and start: ``yes``, or ``no (distance, stalled|moving)``."""
-        from mtljax.cli import format_table
-
         headers = ["method", *(f"({x:g},{y:g})" for x, y in self.starts), "reached", "s"]
         rows = []
         for method, res in summary["methods"].items():
@@ -230,7 +229,7 @@ def _default_kw(method: str, scale: float) -> dict:
     # CAGrad's toy uses c = 0.5; a 50-iteration dual budget keeps its T = 2 weights within
     # 5e-4 (relative) of the 500-iteration solution at a tenth of the cost.
     return {
-        "famo": {"min_loss": (-21.0 * scale, -21.0), "gamma": 0.0},
+        "famo": {"min_loss": (-21.0 * scale, -21.0), "weight_decay": 0.0},
         "cagrad": {"c": 0.5, "max_iters": 50, "tol": 1e-5},
     }.get(method, {})
 

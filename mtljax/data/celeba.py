@@ -23,7 +23,7 @@ import numpy as np
 
 from mtljax.data.layout import read_images, require_dir, require_file
 from mtljax.data.splits import MultiTaskDataset
-from mtljax.tasks import Metric, Task, Tasks
+from mtljax.tasks import Tasks, classification
 
 SPLITS = ("train", "val", "test")
 NUM_ATTRIBUTES = 40
@@ -116,9 +116,8 @@ def load_celeba(
         labels = (values[rows][:, columns] + 1) // 2
         splits[split] = {"x": x, **{a: labels[:, j] for j, a in enumerate(keep)}}
         source_ids[split] = {"file": np.array(chosen)}
-    metric = Metric("accuracy", higher_is_better=True)
     return MultiTaskDataset(
-        tasks=Tasks(Task(a, (metric,)) for a in keep),
+        tasks=Tasks(classification(a, 2) for a in keep),
         splits=splits,
         num_classes=dict.fromkeys(keep, 2),
         input_shape=(*image_size, 3),

@@ -47,6 +47,14 @@ class MultiInputDataset:
         """``{task: number of samples}`` of ``split`` (the ``n_t`` of task sampling)."""
         return {t: len(next(iter(a.values()))) for t, a in self.splits[split].items()}
 
+    def task_arrays(self, split: str, task: str) -> dict[str, np.ndarray]:
+        """Task ``task``'s part of ``split`` in the single-input layout ``{"x": [N_t, ...],
+        task: [N_t]}``, so it is evaluated as a one-task dataset (its own inputs only)."""
+        if task not in self.splits[split]:
+            raise KeyError(f"Unknown task {task!r}; tasks are {list(self.tasks.names)}.")
+        arrays = self.splits[split][task]
+        return {"x": arrays["x"], task: arrays["y"]}
+
 
 def _task_seed(seed: int, index: int) -> int:
     # An independent stream per task: BatchIterator wants one int seed.

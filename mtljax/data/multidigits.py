@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from mtljax.data.splits import MultiTaskDataset, group_split
-from mtljax.tasks import Metric, Task, Tasks
+from mtljax.tasks import Tasks, classification
 
 DIGIT_SIZE = 8
 CANVAS_SIZE = 12
@@ -105,9 +105,8 @@ def load_multidigits(
             "right": labels[right],
         }
         source_ids[name] = {"left_id": left, "right_id": right}
-    metric = Metric("accuracy", higher_is_better=True)
     return MultiTaskDataset(
-        tasks=Tasks(Task(name, (metric,)) for name in TASK_NAMES),
+        tasks=Tasks(classification(name, NUM_CLASSES) for name in TASK_NAMES),
         splits=splits,
         num_classes=dict.fromkeys(TASK_NAMES, NUM_CLASSES),
         input_shape=(CANVAS_SIZE, CANVAS_SIZE, 1),

@@ -27,7 +27,7 @@ import numpy as np
 from mtljax.data.layout import read_images, require_dir, require_file
 from mtljax.data.multi_input import MultiInputDataset
 from mtljax.data.splits import group_split
-from mtljax.tasks import Metric, Task, Tasks
+from mtljax.tasks import Tasks, classification
 
 DOMAINS = {
     "office-31": ("amazon", "dslr", "webcam"),
@@ -168,9 +168,8 @@ def load_office(
             splits[split][d] = {"x": read_images(paths, image_size, dtype), "y": labels}
             source_ids[split][d] = np.array(paths)
     num_classes = 1 + max(int(listed[s][d][1].max(initial=-1)) for s in SPLITS for d in domains)
-    metric = Metric("accuracy", higher_is_better=True)
     return MultiInputDataset(
-        tasks=Tasks(Task(d, (metric,)) for d in domains),
+        tasks=Tasks(classification(d, num_classes) for d in domains),
         splits=splits,
         num_classes=dict.fromkeys(domains, num_classes),
         input_shape=(*image_size, 3),

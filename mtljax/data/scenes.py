@@ -27,37 +27,28 @@ import numpy as np
 
 from mtljax.data.layout import load_npy_stack, numbered_npy_count, require_dir
 from mtljax.data.splits import MultiTaskDataset, group_split
-from mtljax.tasks import Metric, Task, Tasks
+from mtljax.tasks import Tasks, depth, normals, segmentation
 
 NYUV2_SIZE = (288, 384)
 NYUV2_CLASSES = 13
 CITYSCAPES_SIZE = (128, 256)
 CITYSCAPES_CLASSES = 7
 
-SEGMENTATION = Task("segmentation", (Metric("miou", True), Metric("pixel_accuracy", True)))
-DEPTH = Task("depth", (Metric("abs_err", False), Metric("rel_err", False)))
-NORMAL = Task(
-    "normal",
-    (
-        Metric("mean_angle", False),
-        Metric("median_angle", False),
-        Metric("within_11.25", True),
-        Metric("within_22.5", True),
-        Metric("within_30", True),
-    ),
-)
-
 
 def _read_folder(root, dataset, folder, files, size, limit, dtype, num_classes):
-    """``{task: [N, ...]}`` of one MTAN folder; ``files`` maps task -> (subdir, channels)."""
+    """``{task: [N, ...]}`` of one MTAN folder; ``files`` maps task -> (subdir, channels).
+
+    Every file must have the ``size = (height, width)`` given, or, with ``None``, the size of
+    the first image.
+    """
     base = require_dir(os.path.join(root, folder), f"{dataset} {folder} split")
     what = f"{dataset} {folder} images"
     count = numbered_npy_count(os.path.join(base, "image"), what)
     count = count if limit is None else min(count, int(limit))
-    height, width = size if size is not None else (None, None)
     arrays = {}
     for key, (subdir, channels) in files.items():
         directory = require_dir(os.path.join(base, subdir), f"{dataset} {folder} {key}")
+        height, width = size if size is not None else (None, None)
         shape = (height, width) if channels is None else (height, width, channels)
         if channels is None:  # segmentation labels: stored as floats, -1 unlabelled
             labels = load_npy_stack(directory, count, shape, np.float64, f"{dataset} {key}")
@@ -71,6 +62,7 @@ def _read_folder(root, dataset, folder, files, size, limit, dtype, num_classes):
             arrays[key] = labels.astype(np.int32)
         else:
             arrays[key] = load_npy_stack(directory, count, shape, dtype, f"{dataset} {key}")
+        size = arrays[key].shape[1:3]  # the other folders must match the images
     return arrays
 
 
@@ -79,6 +71,7 @@ def _build(root, dataset, files, tasks, size, num_classes, val_fraction, seed, l
         raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}.")
     require_dir(root, f"{dataset} root")
     train = _read_folder(root, dataset, "train", files, size, limit, dtype, num_classes)
+    size = train["x"].shape[1:3]  # the test scenes must have the training scenes' size
     test = _read_folder(root, dataset, "val", files, size, limit, dtype, num_classes)
     n_train = len(train["x"])
     ids = {"train": np.arange(n_train), "test": np.arange(len(test["x"]))}
@@ -112,7 +105,7 @@ def load_nyuv2(
     val_fraction: float = 0.1,
     seed: int = 0,
     limit: int | None = None,
-    size: tuple[int, int] | None = NYUV2_SIZE,
+    size: tuple[int, int] | None = None,
     dtype=np.float32,
 ) -> MultiTaskDataset:
     """NYUv2 with segmentation, depth and surface normals (see the module docstring).
@@ -123,7 +116,8 @@ def load_nyuv2(
         validate on the test scenes, as MTAN and LibMTL do).
       seed: seeds the validation hold-out.
       limit: read at most this many scenes per folder (quick experiments).
-      size: the expected ``(height, width)`` of every file (checked); ``None`` accepts any.
+      size: the expected ``(height, width)`` of every file (checked; :data:`NYUV2_SIZE` is the
+        published 288×384); ``None`` accepts any size that every file shares.
       dtype: the floating dtype of images, depth and normals.
 
     Returns:
@@ -140,7 +134,7 @@ def load_nyuv2(
         "depth": ("depth", 1),
         "normal": ("normal", 3),
     }
-    tasks = Tasks([SEGMENTATION, DEPTH, NORMAL])
+    tasks = Tasks([segmentation("segmentation", NYUV2_CLASSES), depth("depth"), normals("normal")])
     return _build(
         root, "NYUv2", files, tasks, size, NYUV2_CLASSES, val_fraction, seed, limit, dtype
     )
@@ -154,7 +148,7 @@ def load_cityscapes(
     val_fraction: float = 0.1,
     seed: int = 0,
     limit: int | None = None,
-    size: tuple[int, int] | None = CITYSCAPES_SIZE,
+    size: tuple[int, int] | None = None,
     dtype=np.float32,
 ) -> MultiTaskDataset:
     """Cityscapes with segmentation and depth (see the module docstring).
@@ -171,7 +165,7 @@ def load_cityscapes(
       (int32, ``-1`` unlabelled) and ``"depth" [N, H, W, 1]``.
     """
     files = {"x": ("image", 3), "segmentation": (label_dir, None), "depth": ("depth", 1)}
-    tasks = Tasks([SEGMENTATION, DEPTH])
+    tasks = Tasks([segmentation("segmentation", int(num_classes)), depth("depth")])
     return _build(
         root, "Cityscapes", files, tasks, size, int(num_classes), val_fraction, seed, limit, dtype
     )

@@ -1,32 +1,43 @@
 """The method registry: every multi-task method by name.
 
-Methods are listed explicitly in :data:`REGISTRY` (no import-time registration). Each entry
-names the module and factory that build it, preset keyword arguments (aliases such as ``mean``
-and ``mgda_ub`` are presets of another factory), a one-line summary and the paper. Modules are
-imported on first use, so listing the registry stays cheap.
+The built-in methods are listed explicitly in :data:`BUILTINS` (no import-time registration).
+Each entry names the module and factory that build it, preset keyword arguments (aliases such
+as ``mean`` and ``mgda_ub`` are presets of another factory), a one-line summary and the paper.
+Modules are imported on first use, so listing the registry stays cheap.
 
-Use :func:`get_method` to build a method by name, :func:`method_names` to list them.
+:data:`REGISTRY` holds the built-ins and the methods a user adds with :func:`register_method`
+(a factory ``(num_tasks, **hparams) -> Method``); every name in it works in
+:func:`get_method`, :func:`mtljax.aggregate`, the runner and ``mtljax methods``. Use
+:func:`get_method` to build a method by name, :func:`method_names` to list them.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import re
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from mtljax.methods._base import (
+    GradientTransform,
+    GramWeighting,
+    LossWeighting,
     Method,
     MethodOutput,
     check_input_tasks,
     check_num_tasks,
+    gradient_transform,
     gram_weighting,
+    hparam_aliases,
     loss_weighting,
     require_losses,
 )
 
 
 class MethodEntry(NamedTuple):
-    module: str  # module under mtljax.methods
-    factory: str  # factory function in that module
+    module: str | None  # module under mtljax.methods; None when `factory` is the callable
+    factory: str | Callable[..., Method]  # factory function name in `module`, or the factory
     presets: dict[str, Any]  # keyword arguments fixed by this registry name
     summary: str  # one line for `mtljax methods`
     paper: str  # short citation
@@ -36,7 +47,7 @@ def _e(module, factory, summary, paper, **presets) -> MethodEntry:
     return MethodEntry(module, factory, presets, summary, paper)
 
 
-REGISTRY: dict[str, MethodEntry] = {
+BUILTINS: dict[str, MethodEntry] = {
     # Loss weighting: one backward pass per step.
     "ew": _e("_ew", "ew", "equal weights, sum of the task losses", "linear scalarisation"),
     "mean": _e("_ew", "ew", "equal weights 1/T, mean of the task losses", "torchjd Mean",
@@ -116,8 +127,100 @@ REGISTRY: dict[str, MethodEntry] = {
 }
 
 
+# The built-ins and the user-registered methods, by name.
+REGISTRY: dict[str, MethodEntry] = dict(BUILTINS)
+
+_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+def register_method(
+    name: str,
+    factory: Callable[..., Method],
+    *,
+    summary: str,
+    paper: str,
+    presets: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Adds a method to the registry, so that ``name`` works wherever a built-in's does.
+
+    ``get_method(name, T, **hparams)`` then calls ``factory(T, **presets, **hparams)``;
+    :func:`mtljax.aggregate`, the runner's ``method.name`` and ``mtljax methods`` go through it.
+
+    Args:
+      name: the registry name (letters, digits, ``_``, ``.``, ``-``).
+      factory: ``(num_tasks, **hparams) -> Method``, e.g. built with :func:`gram_weighting`.
+      summary: one line for ``mtljax methods``.
+      paper: a short citation.
+      presets: keyword arguments this name fixes (as ``mean`` fixes ``ew``'s reduction).
+      overwrite: replace a method already registered under ``name`` (built-in or not).
+
+    Raises:
+      ValueError: a bad name, a factory that is not callable, presets the factory does not
+        accept, or a name already registered without ``overwrite=True``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, mtljax
+      >>> def unit_sum(num_tasks):
+      ...     def weights_fn(gram, state, *, task_losses=None, task_mask=None, **extra):
+      ...         return 1.0 / jnp.sqrt(jnp.diagonal(gram)), state
+      ...     return mtljax.methods.gram_weighting("unit_sum", num_tasks, optax.EmptyState,
+      ...                                          weights_fn)
+      >>> mtljax.register_method("unit_sum", unit_sum, summary="sum of unit gradients",
+      ...                        paper="-")
+      >>> mtljax.aggregate("unit_sum", [[2.0, 0.0], [0.0, 4.0]]).tolist()
+      [1.0, 1.0]
+      >>> mtljax.unregister_method("unit_sum")
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(
+            f"A method name is letters, digits, '_', '.' and '-', got {name!r}."
+        )
+    if not callable(factory):
+        raise ValueError(
+            f"register_method({name!r}): factory must be callable "
+            f"(num_tasks, **hparams) -> Method, got {factory!r}."
+        )
+    for field, text in (("summary", summary), ("paper", paper)):
+        if not isinstance(text, str):
+            raise ValueError(f"register_method({name!r}): {field} must be a string.")
+    presets = dict(presets or {})
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a callable without a signature: checked when called
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind_partial(1, **presets)
+        except TypeError as error:
+            raise ValueError(
+                f"register_method({name!r}): the factory cannot take presets {presets}: {error}."
+            ) from None
+    if name in REGISTRY and not overwrite:
+        origin = "a built-in method" if REGISTRY[name] is BUILTINS.get(name) else "registered"
+        raise ValueError(
+            f"Method {name!r} already exists ({origin}); pass overwrite=True to replace it."
+        )
+    REGISTRY[name] = MethodEntry(None, factory, presets, summary, paper)
+
+
+def unregister_method(name: str) -> None:
+    """Removes a registered method; a replaced built-in gets its built-in entry back.
+
+    Raises:
+      ValueError: an unknown name, or a built-in that was not replaced.
+    """
+    entry = _entry(name)
+    if name in BUILTINS:
+        if entry is BUILTINS[name]:
+            raise ValueError(f"Method {name!r} is built in and cannot be unregistered.")
+        REGISTRY[name] = BUILTINS[name]
+    else:
+        del REGISTRY[name]
+
+
 def method_names() -> list[str]:
-    """Every registered method name, in registry order."""
+    """Every registered method name: the built-ins in order, then the user's."""
     return list(REGISTRY)
 
 
@@ -130,11 +233,16 @@ def _entry(name: str) -> MethodEntry:
         ) from None
 
 
-def get_factory(name: str):
-    """The factory function behind a registry name (presets not applied)."""
-    entry = _entry(name)
+def _load(entry: MethodEntry) -> Callable[..., Method]:
+    if entry.module is None:
+        return entry.factory
     module = importlib.import_module(f"mtljax.methods.{entry.module}")
     return getattr(module, entry.factory)
+
+
+def get_factory(name: str) -> Callable[..., Method]:
+    """The factory function behind a registry name (presets not applied)."""
+    return _load(_entry(name))
 
 
 def get_method(name: str, num_tasks: int, **hparams) -> Method:
@@ -146,24 +254,40 @@ def get_method(name: str, num_tasks: int, **hparams) -> Method:
       **hparams: the factory's keyword arguments; a preset of the name cannot be overridden.
 
     Raises:
-      ValueError: unknown name, or an hparam that clashes with a preset.
+      ValueError: unknown name, an hparam that clashes with a preset, or a factory that
+        returns no :class:`Method` for ``num_tasks`` tasks.
     """
     entry = _entry(name)
     clash = sorted(set(hparams) & set(entry.presets))
     if clash:
         raise ValueError(f"Method {name!r} fixes {clash}; use another registry name to change it.")
-    return get_factory(name)(num_tasks, **entry.presets, **hparams)
+    method = _load(entry)(num_tasks, **entry.presets, **hparams)
+    if not isinstance(method, Method):
+        raise ValueError(
+            f"The factory of method {name!r} returned {type(method).__name__}, not a "
+            f"mtljax.methods.Method."
+        )
+    if method.num_tasks != num_tasks:
+        raise ValueError(
+            f"The factory of method {name!r} built it for {method.num_tasks} tasks, "
+            f"not {num_tasks}."
+        )
+    return method
 
 
 def __getattr__(attr: str):
-    # `mtljax.methods.pcgrad(...)` builds from the factory without the registry presets.
-    if attr in REGISTRY and REGISTRY[attr].factory == attr:
-        return get_factory(attr)
+    # `mtljax.methods.pcgrad(...)` builds from the built-in factory, without registry presets.
+    if attr in BUILTINS and BUILTINS[attr].factory == attr:
+        return _load(BUILTINS[attr])
     raise AttributeError(f"module 'mtljax.methods' has no attribute {attr!r}")
 
 
 __all__ = [
+    "BUILTINS",
     "REGISTRY",
+    "GradientTransform",
+    "GramWeighting",
+    "LossWeighting",
     "Method",
     "MethodEntry",
     "MethodOutput",
@@ -171,8 +295,12 @@ __all__ = [
     "check_num_tasks",
     "get_factory",
     "get_method",
+    "gradient_transform",
     "gram_weighting",
+    "hparam_aliases",
     "loss_weighting",
     "method_names",
+    "register_method",
     "require_losses",
+    "unregister_method",
 ]

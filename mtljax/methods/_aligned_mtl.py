@@ -23,6 +23,7 @@ import optax
 
 from mtljax.methods._base import Method, check_num_tasks, gram_weighting
 from mtljax.methods._ew import REDUCTIONS
+from mtljax.solvers._mask import num_present, restrict, task_support
 from mtljax.solvers._psd import psd_eigh
 
 SCALES = ("min", "median", "rmse")
@@ -65,11 +66,13 @@ def aligned_mtl(
     if rtol is not None and not rtol >= 0.0:
         raise ValueError(f"rtol must be non-negative, got {rtol!r}.")
     name = "aligned_mtl" if level == "parameters" else "aligned_mtl_ub"
-    unit = 1.0 if reduction == "sum" else 1.0 / num_tasks
 
-    def weights_fn(gram, state, *, task_losses=None, **extra):
+    def weights_fn(gram, state, *, task_losses=None, task_mask=None, **extra):
         del task_losses, extra
-        lam, vec, keep = psd_eigh(gram, rtol=rtol)  # ascending: kept ones are the last `rank`
+        mask = task_support(task_mask, num_tasks)
+        # Under a mask the eigenpairs of the present tasks' block: the absent tasks add zero
+        # eigenvalues, which are never kept (and sort first, before the kept ones).
+        lam, vec, keep = psd_eigh(gram, rtol=rtol, mask=mask)  # ascending: kept ones last
         rank = jnp.sum(keep)
         kept = jnp.where(keep, lam, 0.0)
         if scale == "min":
@@ -79,8 +82,10 @@ def aligned_mtl(
         else:
             sigma = jnp.sum(kept) / jnp.maximum(rank, 1)
         inv_sqrt = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
-        ones = jnp.full((num_tasks,), unit, gram.dtype)
+        count = num_present(mask, gram.dtype)
+        unit = 1.0 if reduction == "sum" else 1.0 / jnp.maximum(count, 1.0)
+        ones = restrict(jnp.full((num_tasks,), unit, gram.dtype), mask)
         weights = jnp.sqrt(jnp.where(rank > 0, sigma, 0.0)) * (vec @ (inv_sqrt * (vec.T @ ones)))
-        return jnp.where(rank > 0, weights, ones), state
+        return restrict(jnp.where(rank > 0, weights, ones), mask), state
 
     return gram_weighting(name, num_tasks, optax.EmptyState, weights_fn, level=level)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtljax.methods._base import Method, as_key, check_num_tasks, loss_weighting, losses_dtype
+from mtljax.solvers._mask import task_support
 
 ORDERS = ("random", "round_robin")
 
@@ -41,7 +42,9 @@ def alternating(
 
     Returns:
       A loss-only :class:`~mtljax.methods.Method`; one-hot weights in the losses' dtype
-      (≥ float32; float32 when no losses are given).
+      (≥ float32; float32 when no losses are given). Under a ``task_mask`` the task is cycled
+      or drawn among the present ones (``probs`` renormalised over them); with no present
+      task of positive probability the weights are 0.
 
     Example:
       >>> import numpy as np, mtljax
@@ -65,19 +68,26 @@ def alternating(
             log_probs = np.log(p / p.sum())
     key0 = as_key(key)
 
-    def weights_fn(state, *, task_losses=None, **extra):
+    def weights_fn(state, *, task_losses=None, task_mask=None, **extra):
         del extra
         dtype = losses_dtype(task_losses)
+        mask = task_support(task_mask, num_tasks)
+        # Under a mask the draw is among the K present tasks: "the k-th present task" with k
+        # cycled or uniform is exactly the K-task method's draw (same key, same step).
+        count = jnp.maximum(jnp.sum(mask), 1)
         key = state.key
         if order == "round_robin":
-            task = state.step % num_tasks
+            task = _kth_present(mask, state.step % count)
         else:
             key, sub = jax.random.split(key)
             if log_probs is None:
-                task = jax.random.randint(sub, (), 0, num_tasks)
+                task = _kth_present(mask, jax.random.randint(sub, (), 0, count))
             else:
-                task = jax.random.categorical(sub, jnp.asarray(log_probs, jnp.float32))
-        weights = jax.nn.one_hot(task, num_tasks, dtype=dtype)
+                logits = jnp.where(mask, jnp.asarray(log_probs, jnp.float32), -jnp.inf)
+                task = jax.random.categorical(sub, logits)
+                # No present task with a positive probability: nothing to train this step.
+                mask = mask & jnp.isfinite(logits[task])
+        weights = jnp.where(mask, jax.nn.one_hot(task, num_tasks, dtype=dtype), 0.0)
         return weights, AlternatingState(key, state.step + 1)
 
     return loss_weighting(
@@ -86,3 +96,8 @@ def alternating(
         lambda: AlternatingState(key0, jnp.zeros((), jnp.int32)),
         weights_fn,
     )
+
+
+def _kth_present(mask: jax.Array, k: jax.Array) -> jax.Array:
+    """The index of the k-th (from 0) True entry of ``mask`` (k itself when all are True)."""
+    return jnp.argmax(mask & (jnp.cumsum(mask) == k + 1))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from mtljax.methods._base import Method, check_num_tasks, gram_weighting
+from mtljax.solvers._mask import num_present, restrict_gram, task_support
 from mtljax.solvers._simplex import normalize_gram
 from mtljax.solvers._simplex_smooth import minimize_on_simplex
 
@@ -68,11 +69,14 @@ def cagrad(
         raise ValueError(f"max_iters must be positive, got {max_iters!r}.")
     divisor = (1.0, 1.0 + c**2, 1.0 + c)[rescale]
 
-    def weights_fn(gram, state, *, task_losses=None, **extra):
+    def weights_fn(gram, state, *, task_losses=None, task_mask=None, **extra):
         del task_losses, extra
-        g, _ = normalize_gram(gram)
+        mask = task_support(task_mask, num_tasks)
+        # Under a mask: the K present tasks' mean, ball and simplex (absent rows are 0 in g).
+        g, _ = normalize_gram(restrict_gram(gram, mask))
         eps = jnp.finfo(g.dtype).eps
-        mean = jnp.full((num_tasks,), 1.0 / num_tasks, g.dtype)
+        count = num_present(mask, g.dtype)
+        mean = jnp.where(mask, 1.0 / jnp.maximum(count, 1.0), 0.0)
         g0_dots = g @ mean  # G 1/T: g_t · g0
         radius = c * jnp.sqrt(jnp.clip(mean @ g0_dots, 0.0))  # √φ = c ‖g0‖
 
@@ -80,9 +84,9 @@ def cagrad(
             # eps² smooths the norm at g_w = 0 without moving any minimiser noticeably.
             return w @ g0_dots + radius * jnp.sqrt(jnp.clip(w @ g @ w, 0.0) + eps**2)
 
-        w = minimize_on_simplex(dual, mean, max_iters=max_iters, tol=tol)
+        w = minimize_on_simplex(dual, mean, max_iters=max_iters, tol=tol, mask=mask)
         gw_sq = jnp.clip(w @ g @ w, 0.0)
-        defined = gw_sq > num_tasks * eps
+        defined = gw_sq > count * eps
         coef = jnp.where(defined, radius / jnp.sqrt(jnp.where(defined, gw_sq, 1.0)), 0.0)
         return (mean + coef * w) / divisor, state
 

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from mtljax.methods._base import Method, check_num_tasks, gram_weighting
+from mtljax.solvers._mask import num_present, restrict, restrict_gram, task_support
 
 
 def config(num_tasks: int, *, pref_vector=None, use_least_squares: bool = True) -> Method:
@@ -57,14 +58,18 @@ def config(num_tasks: int, *, pref_vector=None, use_least_squares: bool = True) 
             f"config: pref_vector must be {num_tasks} finite positive numbers, got {pref_vector!r}."
         )
 
-    def weights_fn(gram, state, *, task_losses=None, **extra):
+    def weights_fn(gram, state, *, task_losses=None, task_mask=None, **extra):
         del task_losses, extra
+        mask = task_support(task_mask, num_tasks)
+        # Absent tasks are zero rows with target 0: the minimum-norm least-squares solution
+        # is the present tasks' one, with 0 on the absent tasks.
+        gram = restrict_gram(gram, mask)
         tiny = jnp.finfo(gram.dtype).tiny
         norms = jnp.sqrt(jnp.clip(jnp.diagonal(gram), 0.0))
         nonzero = norms > jnp.sqrt(tiny)
         inv_norms = jnp.where(nonzero, 1.0 / jnp.where(nonzero, norms, 1.0), 0.0)
         cosines = gram * jnp.outer(inv_norms, inv_norms)
-        target = jnp.asarray(pref, gram.dtype)
+        target = restrict(jnp.asarray(pref, gram.dtype), mask)
         rcond = float(np.sqrt(np.finfo(gram.dtype).eps))
         if use_least_squares:
             coeffs = jnp.linalg.lstsq(cosines, target, rcond=rcond)[0]
@@ -76,7 +81,8 @@ def config(num_tasks: int, *, pref_vector=None, use_least_squares: bool = True) 
         # ‖x‖² = cᵀĜc is scale-free and, when p has a component in the range of Ĝ, at least
         # ‖P p‖² / T. Under rcond · ‖p‖² / T it is the round-off of a zero solution (p ⟂ range
         # Ĝ, e.g. two opposite gradients), which normalising x would blow up to full length.
-        defined = coeffs @ cosines @ coeffs > rcond * (target @ target) / num_tasks
+        count = jnp.maximum(num_present(mask, gram.dtype), 1.0)
+        defined = coeffs @ cosines @ coeffs > rcond * (target @ target) / count
         scale = jnp.where(defined, length / jnp.where(defined, sq_norm, 1.0), 0.0)
         return scale * a, state
 

@@ -8,6 +8,8 @@ weighting method by their exponential moving average
 ``λ_k = β λ_{k−1} + (1 − β) λ̂_k``  (``λ_1 = λ̂_1``),  ``d = Jᵀ λ_k``.
 
 β = 0 recovers the base method. The base keeps its own state (random keys, moving averages).
+Under a ``task_mask`` the base runs on the present tasks, absent tasks get weight 0 and keep
+their average, and a task's average starts at its first step present.
 
 References:
   Zhou, Zhang, Jiang, Zhong, Gu & Zhu, "On the Convergence of Stochastic Multi-Objective
@@ -28,14 +30,16 @@ from mtljax.methods._base import (
     MethodOutput,
     check_input_tasks,
     check_num_tasks,
+    gradient_transform,
     weights_dtype,
 )
+from mtljax.solvers._mask import drop_absent, restrict, task_support
 
 
 class CRMOGMState(NamedTuple):
     base: Any  # the base method's state
     weights: jax.Array  # [T] moving average λ of the base weights
-    started: jax.Array  # [] bool, whether λ holds a first value
+    started: jax.Array  # [T] bool, whether λ_t holds a first value
 
 
 def cr_mogm(
@@ -53,7 +57,7 @@ def cr_mogm(
       base: registry name of the base method; it must return weights (``d = Jᵀ λ̂``).
       beta: β in [0, 1), the weight of the previous average (0: the base method itself).
       base_kw: keyword arguments of the base method's factory, for names that clash with
-        CR-MOGM's own (e.g. ``base_kw={"beta": 0.5}`` for GradVac's β).
+        CR-MOGM's own (``base``, ``beta``, ``base_kw``).
       **base_hparams: further keyword arguments of the base method's factory.
 
     Returns:
@@ -76,12 +80,13 @@ def cr_mogm(
         return CRMOGMState(
             inner.init(params),
             jnp.full((num_tasks,), 1.0 / num_tasks, dtype),
-            jnp.zeros((), jnp.bool_),
+            jnp.zeros((num_tasks,), jnp.bool_),
         )
 
-    def apply(per_task_grads, state, params=None, **extra):
+    def apply(per_task_grads, state, params=None, *, task_mask=None, **extra):
         check_input_tasks("cr_mogm", num_tasks, per_task_grads)
-        out = inner.apply(per_task_grads, state.base, params, **extra)
+        mask = task_support(task_mask, num_tasks)
+        out = inner.apply(per_task_grads, state.base, params, task_mask=task_mask, **extra)
         if out.weights is None:
             raise ValueError(
                 f"cr_mogm needs a base method that returns task weights; {base!r} returns "
@@ -91,17 +96,21 @@ def cr_mogm(
         fresh = out.weights.astype(dtype)
         previous = state.weights.astype(dtype)
         averaged = jnp.where(state.started, beta * previous + (1.0 - beta) * fresh, fresh)
-        new_state = CRMOGMState(out.state, averaged.astype(state.weights.dtype), jnp.ones((), bool))
-        return MethodOutput(linalg.combine(per_task_grads, averaged), new_state, averaged)
+        # Absent tasks: weight 0 in this step, and their average and flag are kept.
+        kept = jnp.where(mask, averaged.astype(state.weights.dtype), state.weights)
+        new_state = CRMOGMState(out.state, kept, state.started | mask)
+        averaged = restrict(averaged, mask)
+        update = linalg.combine(drop_absent(per_task_grads, task_mask), averaged)
+        return MethodOutput(update, new_state, averaged)
 
     def after_step(state, **kwargs):
         return state._replace(base=inner.after_step(state.base, **kwargs))
 
-    return Method(
+    return gradient_transform(
+        "cr_mogm",
+        num_tasks,
         init,
         apply,
-        name="cr_mogm",
-        num_tasks=num_tasks,
         level=inner.level,
         num_batches=inner.num_batches,
         after_step=None if inner.after_step is None else after_step,

@@ -29,9 +29,11 @@ from mtljax.methods._base import (
     MethodOutput,
     check_input_tasks,
     check_num_tasks,
+    gradient_transform,
     require_losses,
     weights_dtype,
 )
+from mtljax.solvers._mask import drop_absent, keep_absent, restrict, task_support
 
 EPS = 1e-8
 
@@ -46,7 +48,7 @@ def db_mtl(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.5) -> Met
 
     Args:
       num_tasks: T.
-      beta: β in [0, 1), the moving-average factor at step 1 (0: no averaging).
+      beta: β in [0, 1), the weight of the old average at step 1 (0: no averaging).
       beta_sigma: σ ≥ 0, decay exponent of the factor ``β / k^σ``.
 
     Returns:
@@ -67,11 +69,14 @@ def db_mtl(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.5) -> Met
         ema = jax.tree.map(lambda p: jnp.zeros((num_tasks, *p.shape), p.dtype), params)
         return DBMTLState(jnp.zeros((), jnp.int32), ema)
 
-    def apply(per_task_grads, state, params=None, *, task_losses=None, **extra):
+    def apply(per_task_grads, state, params=None, *, task_losses=None, task_mask=None, **extra):
         del params, extra
         check_input_tasks("db_mtl", num_tasks, per_task_grads)
+        mask = task_support(task_mask, num_tasks)
+        per_task_grads = drop_absent(per_task_grads, task_mask)
         dtype = weights_dtype(per_task_grads)
         losses = require_losses("db_mtl", num_tasks, task_losses).astype(dtype)
+        losses = restrict(losses, mask, 1.0)
         step = state.step + 1
         beta_k = beta / step.astype(dtype) ** beta_sigma
         inv_loss = 1.0 / (jnp.maximum(losses, 0.0) + EPS)
@@ -80,13 +85,14 @@ def db_mtl(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.5) -> Met
             log_grad = g * inv_loss.astype(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1))
             return (log_grad + beta_k * (m - log_grad)).astype(m.dtype)
 
-        ema = jax.tree.map(average, state.ema, per_task_grads)
-        norms = jnp.sqrt(linalg.squared_norms(ema)).astype(dtype)
+        # Absent tasks keep their averages and get α = 0; the largest norm is the present ones'.
+        ema = keep_absent(mask, jax.tree.map(average, state.ema, per_task_grads), state.ema)
+        norms = restrict(jnp.sqrt(linalg.squared_norms(ema)).astype(dtype), mask)
         largest = jnp.max(norms)
         # The paper's α = max‖ĝ‖ / ‖ĝ_t‖ is scale-free; the guard is relative to the largest
         # norm (not an absolute ε) so that d stays linear in J, and zero rows get α = 1/EPS.
         floor = jnp.maximum(EPS * largest, jnp.finfo(dtype).tiny)
-        alpha = largest / jnp.maximum(norms, floor)
+        alpha = restrict(largest / jnp.maximum(norms, floor), mask)
         return MethodOutput(linalg.combine(ema, alpha), DBMTLState(step, ema), alpha)
 
-    return Method(init, apply, name="db_mtl", num_tasks=num_tasks)
+    return gradient_transform("db_mtl", num_tasks, init, apply)

@@ -21,6 +21,7 @@ import optax
 from mtljax.methods._base import Method, check_num_tasks, gram_weighting
 from mtljax.methods._upgrad import preference_weights
 from mtljax.solvers._dual_cone import project_dual_cone
+from mtljax.solvers._mask import num_present, restrict, task_support
 
 
 def dualproj(
@@ -56,9 +57,14 @@ def dualproj(
     num_tasks = check_num_tasks(num_tasks)
     u = preference_weights("dualproj", num_tasks, pref_vector, reduction, reg_eps, norm_eps)
 
-    def weights_fn(gram, state, *, task_losses=None, **extra):
+    def weights_fn(gram, state, *, task_losses=None, task_mask=None, **extra):
         del task_losses, extra
-        start = jnp.asarray(u, gram.dtype)
-        return project_dual_cone(gram, start, reg_eps=reg_eps, norm_eps=norm_eps), state
+        mask = task_support(task_mask, num_tasks)
+        # The present tasks' mean projected onto their own dual cone ("mean": over K).
+        count = jnp.maximum(num_present(mask, gram.dtype), 1.0)
+        rescale = num_tasks / count if reduction == "mean" else 1.0
+        start = restrict(jnp.asarray(u, gram.dtype) * rescale, mask)
+        weights = project_dual_cone(gram, start, reg_eps=reg_eps, norm_eps=norm_eps, mask=mask)
+        return weights, state
 
     return gram_weighting("dualproj", num_tasks, optax.EmptyState, weights_fn)

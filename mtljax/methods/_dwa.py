@@ -7,6 +7,10 @@ steps: a boundary every ``steps_per_epoch`` steps. The default ``steps_per_epoch
 ratios of the last two steps' losses (per-step DWA), so the method builds without knowing the
 data; pass the loader's steps per epoch for the paper's per-epoch averages.
 
+Under a ``task_mask`` the weights are those of the present tasks, ``w = K softmax(r / τ)`` over
+the K present ones, and a task's epoch average is over the steps it was present; a task present
+in no step of an epoch keeps its two averages (the epoch boundary itself is shared).
+
 References:
   Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019,
   arXiv:1803.10704.
@@ -26,11 +30,13 @@ from mtljax.methods._base import (
     losses_dtype,
     require_losses,
 )
+from mtljax.solvers._mask import masked_softmax, num_present, restrict, task_support
 
 
 class DWAState(NamedTuple):
     step: jax.Array  # [] int32, steps taken
     loss_sum: jax.Array  # [T], sum of the losses of the current epoch so far
+    counts: jax.Array  # [T] int32, steps of the current epoch each task was present
     last: jax.Array  # [T], L̄(e−1), average loss of the previous epoch
     before_last: jax.Array  # [T], L̄(e−2)
 
@@ -64,11 +70,13 @@ def dwa(
 
     def init_state():
         zeros = jnp.zeros((num_tasks,), dtype)
-        return DWAState(jnp.zeros((), jnp.int32), zeros, zeros, zeros)
+        counts = jnp.zeros((num_tasks,), jnp.int32)
+        return DWAState(jnp.zeros((), jnp.int32), zeros, counts, zeros, zeros)
 
-    def weights_fn(state, *, task_losses=None, **extra):
+    def weights_fn(state, *, task_losses=None, task_mask=None, **extra):
         del extra
         losses = require_losses("dwa", num_tasks, task_losses)
+        mask = task_support(task_mask, num_tasks)
         out_dtype = losses_dtype(losses)
         big = jnp.finfo(dtype).max
         ok = state.before_last > jnp.finfo(dtype).tiny
@@ -77,18 +85,21 @@ def dwa(
         logits = jnp.minimum(ratio / temperature, big)
         weights = jnp.where(
             state.step >= 2 * steps_per_epoch,
-            num_tasks * jax.nn.softmax(logits),
-            jnp.ones((num_tasks,), dtype),
+            num_present(mask, dtype) * masked_softmax(logits, mask),
+            restrict(jnp.ones((num_tasks,), dtype), mask),
         ).astype(out_dtype)
 
-        loss_sum = state.loss_sum + losses.astype(dtype)
+        loss_sum = state.loss_sum + restrict(losses.astype(dtype), mask)
+        counts = state.counts + mask
         boundary = (state.step + 1) % steps_per_epoch == 0
-        average = loss_sum / steps_per_epoch
+        rolls = boundary & (counts > 0)
+        average = loss_sum / jnp.maximum(counts, 1).astype(dtype)
         new_state = DWAState(
             state.step + 1,
             jnp.where(boundary, jnp.zeros_like(loss_sum), loss_sum),
-            jnp.where(boundary, average, state.last),
-            jnp.where(boundary, state.last, state.before_last),
+            jnp.where(boundary, jnp.zeros_like(counts), counts),
+            jnp.where(rolls, average, state.last),
+            jnp.where(rolls, state.last, state.before_last),
         )
         return weights, new_state
 

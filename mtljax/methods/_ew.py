@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from mtljax.methods._base import Method, check_num_tasks, loss_weighting
+from mtljax.solvers._mask import num_present, task_support
 
 REDUCTIONS = ("sum", "mean")
 
@@ -32,12 +33,14 @@ def ew(num_tasks: int, *, reduction: str = "sum") -> Method:
     num_tasks = check_num_tasks(num_tasks)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
-    value = 1.0 if reduction == "sum" else 1.0 / num_tasks
 
-    def weights_fn(state, *, task_losses=None, **extra):
+    def weights_fn(state, *, task_losses=None, task_mask=None, **extra):
         del task_losses, extra
-        # The default float dtype: exact 1/T for float64 gradients when x64 is on.
-        return jnp.full((num_tasks,), value, dtype=float), state
+        mask = task_support(task_mask, num_tasks)
+        # The default float dtype: exact 1/K for float64 gradients when x64 is on.
+        dtype = jnp.result_type(float)
+        value = 1.0 if reduction == "sum" else 1.0 / jnp.maximum(num_present(mask, dtype), 1.0)
+        return jnp.where(mask, value, 0.0).astype(dtype), state
 
     return loss_weighting("ew" if reduction == "sum" else "mean", num_tasks, optax.EmptyState,
                           weights_fn)

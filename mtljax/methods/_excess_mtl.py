@@ -31,9 +31,18 @@ from mtljax.methods._base import (
     MethodOutput,
     check_input_tasks,
     check_num_tasks,
+    gradient_transform,
     weights_dtype,
 )
 from mtljax.methods._ew import REDUCTIONS
+from mtljax.solvers._mask import (
+    drop_absent,
+    keep_absent,
+    masked_softmax,
+    num_present,
+    present_max,
+    task_support,
+)
 
 EPS = 1e-7
 MAX_RATIO = 1e6  # bound on e_t / e_t⁰ so that one step cannot overflow the log-weights
@@ -42,8 +51,9 @@ MAX_RATIO = 1e6  # bound on e_t / e_t⁰ so that one step cannot overflow the lo
 class ExcessMTLState(NamedTuple):
     step: jax.Array  # [] int32, steps taken
     grad_sq_sum: Any  # [T, *p] accumulated squared per-task gradients Σ_s g_{t,s}²
-    baseline: jax.Array  # [T] excess risks e⁰ at the first step
+    baseline: jax.Array  # [T] excess risks e⁰ at the first step each task is present
     log_weights: jax.Array  # [T] log of the simplex weights (uniform at the start)
+    recorded: jax.Array  # [T] bool, whether baseline holds the task's e⁰
 
 
 def excess_mtl(
@@ -60,13 +70,15 @@ def excess_mtl(
     Returns:
       A :class:`~mtljax.methods.Method` with ``d = Jᵀ w``. A task whose first-step excess risk
       is zero (zero gradient) keeps ratio 0; ratios are capped at 1e6. Weights stay positive.
+      Under a ``task_mask`` the weights lie on the simplex of the present tasks, absent tasks'
+      accumulators and log-weights are kept, and ``e_t⁰`` is recorded at the first step task
+      t is present.
     """
     num_tasks = check_num_tasks(num_tasks)
     if not robust_step_size > 0:
         raise ValueError(f"robust_step_size must be positive, got {robust_step_size!r}.")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
-    total = 1.0 if reduction == "mean" else float(num_tasks)
 
     def init(params):
         dtype = weights_dtype(params)
@@ -75,11 +87,15 @@ def excess_mtl(
             params,
         )
         zeros = jnp.zeros((num_tasks,), dtype)
-        return ExcessMTLState(jnp.zeros((), jnp.int32), acc, zeros, zeros)
+        recorded = jnp.zeros((num_tasks,), bool)
+        return ExcessMTLState(jnp.zeros((), jnp.int32), acc, zeros, zeros, recorded)
 
-    def apply(per_task_grads, state, params=None, *, task_losses=None, **extra):
+    def apply(per_task_grads, state, params=None, *, task_losses=None, task_mask=None, **extra):
         del params, task_losses, extra
         check_input_tasks("excess_mtl", num_tasks, per_task_grads)
+        mask = task_support(task_mask, num_tasks)
+        # Absent rows are zero gradients here; their rows of the state are kept below.
+        per_task_grads = drop_absent(per_task_grads, task_mask)
         dtype = state.log_weights.dtype
         acc = jax.tree.map(
             lambda a, g: a + jnp.square(g.astype(a.dtype)), state.grad_sq_sum, per_task_grads
@@ -90,16 +106,19 @@ def excess_mtl(
             return jnp.sum((jnp.square(g) / jnp.sqrt(a + EPS)).reshape(g.shape[0], -1), axis=1)
 
         risks = sum(jax.tree.leaves(jax.tree.map(excess, acc, per_task_grads))).astype(dtype)
-        first = state.step == 0
+        first = ~state.recorded
         baseline = jnp.where(first, risks, state.baseline)
         ok = baseline > jnp.finfo(dtype).tiny
         ratio = jnp.where(ok, risks / jnp.where(ok, baseline, 1.0), 0.0)
         log_w = state.log_weights + jnp.where(
             first, 0.0, robust_step_size * jnp.minimum(ratio, MAX_RATIO)
         )
-        log_w = log_w - jnp.max(log_w)
-        weights = total * jax.nn.softmax(log_w)
-        new_state = ExcessMTLState(state.step + 1, acc, baseline, log_w)
+        log_w = log_w - present_max(log_w, mask)
+        # The simplex of the K present tasks (sum 1, or K with reduction="sum").
+        total = 1.0 if reduction == "mean" else num_present(mask, dtype)
+        weights = total * masked_softmax(log_w, mask)
+        new_state = ExcessMTLState(state.step + 1, acc, baseline, log_w, state.recorded | mask)
+        new_state = keep_absent(mask, new_state, state)
         return MethodOutput(linalg.combine(per_task_grads, weights), new_state, weights)
 
-    return Method(init, apply, name="excess_mtl", num_tasks=num_tasks)
+    return gradient_transform("excess_mtl", num_tasks, init, apply)

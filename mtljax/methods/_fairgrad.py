@@ -17,6 +17,7 @@ import optax
 
 from mtljax.methods._base import Method, check_num_tasks, gram_weighting
 from mtljax.solvers._fair import alpha_fair_weights
+from mtljax.solvers._mask import task_support
 
 
 def fairgrad(
@@ -53,8 +54,10 @@ def fairgrad(
         raise ValueError(f"max_iters must be positive, got {max_iters!r}.")
     alpha = float(alpha)
 
-    def weights_fn(gram, state, *, task_losses=None, **extra):
+    def weights_fn(gram, state, *, task_losses=None, task_mask=None, **extra):
         del task_losses, extra
-        return alpha_fair_weights(gram, alpha=alpha, max_iters=max_iters, tol=tol), state
+        mask = task_support(task_mask, num_tasks)
+        weights = alpha_fair_weights(gram, alpha=alpha, max_iters=max_iters, tol=tol, mask=mask)
+        return weights, state
 
     return gram_weighting("fairgrad", num_tasks, optax.EmptyState, weights_fn)

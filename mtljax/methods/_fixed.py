@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from mtljax.methods._base import Method, check_num_tasks, loss_weighting, losses_dtype
+from mtljax.solvers._mask import task_support
 
 
 def fixed(num_tasks: int, *, weights) -> Method:
@@ -40,9 +41,10 @@ def fixed(num_tasks: int, *, weights) -> Method:
     if not np.all(np.isfinite(values)):
         raise ValueError(f"weights must be finite, got {values.tolist()}.")
 
-    def weights_fn(state, *, task_losses=None, **extra):
+    def weights_fn(state, *, task_losses=None, task_mask=None, **extra):
         del extra
         dtype = losses_dtype(task_losses)
-        return jnp.asarray(values, dtype), state
+        mask = task_support(task_mask, num_tasks)
+        return jnp.where(mask, jnp.asarray(values, dtype), 0.0), state
 
     return loss_weighting("fixed", num_tasks, optax.EmptyState, weights_fn)

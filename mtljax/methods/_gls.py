@@ -21,6 +21,7 @@ from mtljax.methods._base import (
     losses_dtype,
     require_losses,
 )
+from mtljax.solvers._mask import num_present, restrict, task_support
 
 
 def gls(num_tasks: int, *, eps: float = 1e-12) -> Method:
@@ -44,12 +45,14 @@ def gls(num_tasks: int, *, eps: float = 1e-12) -> Method:
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps!r}.")
 
-    def weights_fn(state, *, task_losses=None, **extra):
+    def weights_fn(state, *, task_losses=None, task_mask=None, **extra):
         del extra
         losses = require_losses("gls", num_tasks, task_losses)
-        logs = jnp.log(
-            jnp.maximum(losses.astype(losses_dtype(losses)), eps)
-        )
-        return jnp.exp(jnp.mean(logs) - logs) / num_tasks, state
+        mask = task_support(task_mask, num_tasks)
+        losses = restrict(losses.astype(losses_dtype(losses)), mask, 1.0)
+        logs = jnp.log(jnp.maximum(losses, eps))
+        # The geometric mean of the K present losses (absent ones enter as log 1 = 0).
+        count = jnp.maximum(num_present(mask, logs.dtype), 1.0)
+        return restrict(jnp.exp(jnp.sum(logs) / count - logs) / count, mask), state
 
     return loss_weighting("gls", num_tasks, optax.EmptyState, weights_fn)

@@ -36,7 +36,9 @@ from mtljax.methods._base import (
     as_key,
     check_input_tasks,
     check_num_tasks,
+    gradient_transform,
 )
+from mtljax.solvers._mask import drop_absent
 
 
 class GradDropState(NamedTuple):
@@ -90,13 +92,15 @@ def graddrop(
         ell = jnp.asarray(leaks, dtype).reshape((num_tasks,) + (1,) * (g.ndim - 1))
         return jnp.sum((ell + (1.0 - ell) * mask) * g, axis=0).astype(leaf.dtype)
 
-    def apply(per_task_grads, state, params=None, *, task_losses=None, **extra):
+    def apply(per_task_grads, state, params=None, *, task_losses=None, task_mask=None, **extra):
         del params, task_losses, extra
         check_input_tasks("graddrop", num_tasks, per_task_grads)
-        leaves, treedef = jax.tree.flatten(per_task_grads)
+        # Absent tasks' rows are zero gradients: no sign mass, no share of the sum. The
+        # thresholds U do not depend on T, so this is the K-task GradDrop's draw exactly.
+        leaves, treedef = jax.tree.flatten(drop_absent(per_task_grads, task_mask))
         key, *subs = jax.random.split(state.key, len(leaves) + 1)
         dropped = [drop(x, k) for x, k in zip(leaves, subs, strict=True)]
         updates = jax.tree.unflatten(treedef, dropped)
         return MethodOutput(updates, GradDropState(key), None)
 
-    return Method(init, apply, name="graddrop", num_tasks=num_tasks, level=level)
+    return gradient_transform("graddrop", num_tasks, init, apply, level=level)

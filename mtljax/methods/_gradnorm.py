@@ -29,9 +29,11 @@ from mtljax.methods._base import (
     MethodOutput,
     check_input_tasks,
     check_num_tasks,
+    gradient_transform,
     losses_dtype,
     require_losses,
 )
+from mtljax.solvers._mask import drop_absent, keep_absent, num_present, restrict, task_support
 
 LAYERS = ("last", "all")
 
@@ -39,7 +41,8 @@ LAYERS = ("last", "all")
 class GradNormState(NamedTuple):
     weights: jax.Array  # [T], current task weights, sum T
     opt_state: Any  # optimizer state of the weights
-    initial_losses: jax.Array  # [T], L(0), recorded at the first step
+    initial_losses: jax.Array  # [T], L(0), recorded at the first step each task is present
+    recorded: jax.Array  # [T] bool, whether initial_losses holds the task's L(0)
     step: jax.Array  # [] int32, steps taken
 
 
@@ -86,6 +89,9 @@ def gradnorm(
       A gradient :class:`~mtljax.methods.Method`. Weights are non-negative, sum to T, and are
       in the losses' dtype (≥ float32); the state is in the parameters' dtype (≥ float32).
       When every updated weight clips to 0 they reset to 1. A zero ``L(0)`` counts as 1.
+      Under a ``task_mask`` the means, targets and renormalisation (to sum K) run over the K
+      present tasks, absent tasks keep their weights, and ``L_t(0)`` is recorded at the
+      first step task t is present.
     """
     num_tasks = check_num_tasks(num_tasks)
     if not alpha >= 0:
@@ -100,29 +106,42 @@ def gradnorm(
         leaves = jax.tree.leaves(params)
         dtype = jnp.promote_types(jnp.result_type(*leaves), jnp.float32) if leaves else jnp.float32
         weights = jnp.ones((num_tasks,), dtype)
-        return GradNormState(weights, tx.init(weights), weights, jnp.zeros((), jnp.int32))
+        recorded = jnp.zeros((num_tasks,), bool)
+        return GradNormState(
+            weights, tx.init(weights), weights, recorded, jnp.zeros((), jnp.int32)
+        )
 
-    def apply(per_task_grads, state, params=None, *, task_losses=None, **extra):
+    def apply(per_task_grads, state, params=None, *, task_losses=None, task_mask=None, **extra):
         del params, extra
         check_input_tasks("gradnorm", num_tasks, per_task_grads)
         losses = require_losses("gradnorm", num_tasks, task_losses)
+        mask = task_support(task_mask, num_tasks)
+        per_task_grads = drop_absent(per_task_grads, task_mask)
         w = state.weights
         dtype, tiny = w.dtype, jnp.finfo(w.dtype).tiny
+        # Means, targets and the renormalisation run over the K present tasks only.
+        count = num_present(mask, dtype)
+
+        def mean_of(x):
+            return jnp.sum(restrict(x, mask)) / jnp.maximum(count, 1.0)
+
         norms = jnp.sqrt(linalg.squared_norms(_selected_leaves(per_task_grads, layer)))
         norms = norms.astype(dtype)
-        initial = jnp.where(state.step == 0, losses.astype(dtype), state.initial_losses)
-        ratios = losses.astype(dtype) / jnp.where(initial > tiny, initial, 1.0)
-        mean = jnp.mean(ratios)
+        losses = restrict(losses.astype(dtype), mask, 1.0)
+        initial = jnp.where(mask & ~state.recorded, losses, state.initial_losses)
+        ratios = losses / jnp.where(initial > tiny, initial, 1.0)
+        mean = mean_of(ratios)
         rates = jnp.where(mean > tiny, ratios / jnp.where(mean > tiny, mean, 1.0), 1.0)
         weighted = w * norms
-        target = jnp.mean(weighted) * jnp.maximum(rates, 0.0) ** alpha
-        grad = jnp.sign(weighted - target) * norms
+        target = mean_of(weighted) * jnp.maximum(rates, 0.0) ** alpha
+        grad = restrict(jnp.sign(weighted - target) * norms, mask)
         updates, opt_state = tx.update(grad, state.opt_state, w)
-        new = jnp.maximum(optax.apply_updates(w, updates), 0.0).astype(dtype)
+        new = restrict(jnp.maximum(optax.apply_updates(w, updates), 0.0).astype(dtype), mask)
         total = jnp.sum(new)
-        new = jnp.where(total > tiny, num_tasks * new / jnp.where(total > tiny, total, 1.0), 1.0)
-        weights = w.astype(losses_dtype(losses))
-        new_state = GradNormState(new, opt_state, initial, state.step + 1)
+        new = jnp.where(total > tiny, count * new / jnp.where(total > tiny, total, 1.0), 1.0)
+        weights = restrict(w, mask).astype(losses_dtype(losses))
+        new_state = GradNormState(new, opt_state, initial, state.recorded | mask, state.step + 1)
+        new_state = keep_absent(mask, new_state, state)
         return MethodOutput(linalg.combine(per_task_grads, weights), new_state, weights)
 
-    return Method(init, apply, name="gradnorm", num_tasks=num_tasks, kind="gradient")
+    return gradient_transform("gradnorm", num_tasks, init, apply)

@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mtljax.methods._base import Method, as_key, check_num_tasks, gram_weighting
+from mtljax.methods._base import Method, as_key, check_num_tasks, gram_weighting, hparam_aliases
 from mtljax.methods._ew import REDUCTIONS
+from mtljax.solvers._mask import num_present, restrict_gram, task_support
 
 
 class GradVacState(NamedTuple):
@@ -37,10 +38,11 @@ class GradVacState(NamedTuple):
     targets: jax.Array  # [T, T] EMA target cosines φ̂_ij (row i: the task being corrected)
 
 
+@hparam_aliases(beta="ema_rate")
 def gradvac(
     num_tasks: int,
     *,
-    beta: float = 0.01,
+    ema_rate: float = 0.01,
     key: jax.Array | int = 0,
     reduction: str = "sum",
 ) -> Method:
@@ -48,8 +50,10 @@ def gradvac(
 
     Args:
       num_tasks: T.
-      beta: EMA rate of the target cosines, in ``[0, 1]`` (the paper's 1e-2; LibMTL and
-        torchjd default to 0.5).
+      ema_rate: the paper's β in ``[0, 1]``, the weight of the new cosine in the targets'
+        moving average, ``φ̂ ← (1 − β) φ̂ + β φ`` (the paper's 1e-2; LibMTL and torchjd
+        default to 0.5). Old name ``beta``, same meaning; elsewhere in mtljax ``beta`` weighs
+        the old value.
       key: PRNG key or integer seed for the random visiting orders (kept in the state).
       reduction: ``"sum"`` (the paper, LibMTL and torchjd; default) or ``"mean"`` of the
         corrected gradients.
@@ -61,8 +65,8 @@ def gradvac(
       denominator ``√(1 − φ̂²)`` is floored at the dtype's epsilon.
     """
     num_tasks = check_num_tasks(num_tasks)
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"gradvac: beta must be in [0, 1], got {beta}.")
+    if not 0.0 <= ema_rate <= 1.0:
+        raise ValueError(f"gradvac: ema_rate must be in [0, 1], got {ema_rate}.")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
     key0 = as_key(key)
@@ -90,14 +94,20 @@ def gradvac(
             )
             step = jnp.where(valid & (phi < target), step, 0.0)
             coeffs = coeffs + step * jax.nn.one_hot(j, num_tasks, dtype=gram.dtype)
-            targets = targets.at[j].set(jnp.where(valid, (1 - beta) * target + beta * phi, target))
+            averaged = (1 - ema_rate) * target + ema_rate * phi
+            targets = targets.at[j].set(jnp.where(valid, averaged, target))
             return coeffs, targets
 
         start = (jax.nn.one_hot(i, num_tasks, dtype=gram.dtype), targets.astype(gram.dtype))
         return lax.fori_loop(0, num_tasks, body, start)
 
-    def weights_fn(gram, state, *, task_losses=None, **extra):
+    def weights_fn(gram, state, *, task_losses=None, task_mask=None, **extra):
         del task_losses, extra
+        mask = task_support(task_mask, num_tasks)
+        # As in PCGrad, absent tasks enter as zero gradients (skipped, like real zero
+        # gradients) and their own corrected gradients are left out; the targets of every
+        # pair with an absent task are kept as they were.
+        gram = restrict_gram(gram, mask)
         key, sub = jax.random.split(state.key)
         orders = jax.vmap(lambda k: jax.random.permutation(k, num_tasks))(
             jax.random.split(sub, num_tasks)
@@ -105,9 +115,11 @@ def gradvac(
         coeffs, targets = jax.vmap(vaccinate, in_axes=(0, 0, 0, None))(
             jnp.arange(num_tasks), orders, state.targets, gram
         )
-        weights = coeffs.sum(0)
+        weights = jnp.where(mask[:, None], coeffs, 0.0).sum(0)
         if reduction == "mean":
-            weights = weights / num_tasks
-        return weights, GradVacState(key, targets.astype(state.targets.dtype))
+            weights = weights / jnp.maximum(num_present(mask, weights.dtype), 1.0)
+        pairs = mask[:, None] & mask[None, :]
+        targets = jnp.where(pairs, targets.astype(state.targets.dtype), state.targets)
+        return weights, GradVacState(key, targets)
 
     return gram_weighting("gradvac", num_tasks, init_state, weights_fn)

@@ -26,31 +26,38 @@ import jax.numpy as jnp
 import optax
 
 from mtljax.methods._base import Method, check_num_tasks, gram_weighting, require_losses
+from mtljax.solvers._mask import num_present, restrict, restrict_gram, task_support
 from mtljax.solvers._psd import psd_eigh
 from mtljax.solvers._simplex import normalize_gram
 
 
-def imtl_g_weights(gram: jax.Array) -> jax.Array:
+def imtl_g_weights(gram: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """IMTL-G weights ``α = G⁺ n / (1ᵀ G⁺ n)`` from a ``[T, T]`` Gram matrix.
 
     Returns ``[T]`` weights summing to 1; ``1`` at ``T = 1``. When ``1ᵀ G⁺ n`` vanishes to
     round-off (e.g. two exactly opposite gradients: no combination has equal positive
-    projections) the weights are 0, so ``d = 0``. Zero gradients get weight 0.
+    projections) the weights are 0, so ``d = 0``. Zero gradients get weight 0. With a ``[T]``
+    bool ``mask``, the weights of the present tasks' Gram block (1 when one task is present),
+    0 on the absent tasks.
     """
     t = gram.shape[0]
+    mask = task_support(mask, t)
     if t == 1:
-        return jnp.ones((1,), gram.dtype)
-    g, _ = normalize_gram(gram)
+        return restrict(jnp.ones((1,), gram.dtype), mask)
+    g, _ = normalize_gram(restrict_gram(gram, mask))
     eps = jnp.finfo(g.dtype).eps
+    count = num_present(mask, g.dtype)
     norms = jnp.sqrt(jnp.clip(jnp.diagonal(g), 0.0))
-    lam, vec, keep = psd_eigh(g)
+    lam, vec, keep = psd_eigh(g, mask=mask)
     inv = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
     v = vec @ (inv * (vec.T @ norms))
-    total = jnp.sum(v)
+    total = jnp.sum(restrict(v, mask))
     # Round-off bound on 1ᵀ G⁺ n: T eps ‖G⁺‖ ‖n‖ (a few ulps per entry).
-    noise = 10.0 * t * eps * jnp.max(inv) * jnp.linalg.norm(norms)
+    noise = 10.0 * count * eps * jnp.max(inv) * jnp.linalg.norm(norms)
     ok = jnp.abs(total) > noise
-    return jnp.where(ok, v / jnp.where(ok, total, 1.0), 0.0)
+    alpha = restrict(jnp.where(ok, v / jnp.where(ok, total, 1.0), 0.0), mask)
+    # One present task: the T = 1 method, weight 1 whatever its gradient.
+    return jnp.where(count == 1, mask.astype(g.dtype), alpha)
 
 
 def imtl_g(num_tasks: int) -> Method:
@@ -70,9 +77,9 @@ def imtl_g(num_tasks: int) -> Method:
     """
     num_tasks = check_num_tasks(num_tasks)
 
-    def weights_fn(gram, state, *, task_losses=None, **extra):
+    def weights_fn(gram, state, *, task_losses=None, task_mask=None, **extra):
         del task_losses, extra
-        return imtl_g_weights(gram), state
+        return imtl_g_weights(gram, task_support(task_mask, num_tasks)), state
 
     return gram_weighting("imtl_g", num_tasks, optax.EmptyState, weights_fn)
 
@@ -104,13 +111,15 @@ def imtl(num_tasks: int, *, lr: float = 1e-2) -> Method:
     def init_state():
         return IMTLState(jnp.zeros((num_tasks,)))
 
-    def weights_fn(gram, state, *, task_losses=None, **extra):
+    def weights_fn(gram, state, *, task_losses=None, task_mask=None, **extra):
         del extra
         losses = require_losses("imtl", num_tasks, task_losses).astype(gram.dtype)
+        mask = task_support(task_mask, num_tasks)
         log_scales = state.log_scales.astype(gram.dtype)
         scales = jnp.exp(log_scales)
-        alpha = imtl_g_weights(gram * jnp.outer(scales, scales))
+        alpha = imtl_g_weights(gram * jnp.outer(scales, scales), mask)
         new = log_scales - lr * (scales * losses - 1.0)
-        return alpha * scales, IMTLState(new.astype(state.log_scales.dtype))
+        new = jnp.where(mask, new.astype(state.log_scales.dtype), state.log_scales)
+        return alpha * scales, IMTLState(new)
 
     return gram_weighting("imtl", num_tasks, init_state, weights_fn)

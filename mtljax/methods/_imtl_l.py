@@ -28,6 +28,7 @@ from mtljax.methods._base import (
     losses_dtype,
     require_losses,
 )
+from mtljax.solvers._mask import keep_absent, restrict, task_support
 
 # e^{±S_MAX} stays finite in float32: a guard against scales drifting without bound (zero
 # losses push s up forever), not a constraint active in ordinary training.
@@ -67,15 +68,17 @@ def imtl_l(
         log_scales = jnp.zeros((num_tasks,), dtype)
         return IMTLLState(log_scales, tx.init(log_scales))
 
-    def weights_fn(state, *, task_losses=None, **extra):
+    def weights_fn(state, *, task_losses=None, task_mask=None, **extra):
         del extra
         losses = require_losses("imtl_l", num_tasks, task_losses)
+        mask = task_support(task_mask, num_tasks)
         s = state.log_scales
         scale = jnp.exp(s)
-        weights = scale.astype(losses_dtype(losses))
-        grad = scale * losses.astype(s.dtype) - 1.0
+        weights = restrict(scale.astype(losses_dtype(losses)), mask)
+        # Absent tasks: gradient 0 and rows of the state kept (see UW).
+        grad = jnp.where(mask, scale * losses.astype(s.dtype) - 1.0, 0.0)
         updates, opt_state = tx.update(grad, state.opt_state, s)
         s = jnp.clip(optax.apply_updates(s, updates), -S_MAX, S_MAX).astype(s.dtype)
-        return weights, IMTLLState(s, opt_state)
+        return weights, keep_absent(mask, IMTLLState(s, opt_state), state)
 
     return loss_weighting("imtl_l", num_tasks, init_state, weights_fn)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from mtljax.methods._base import Method, check_num_tasks, gram_weighting
+from mtljax.solvers._mask import restrict_gram, task_support
 
 
 def krum(num_tasks: int, *, n_byzantine: int = 0, n_selected: int = 1) -> Method:
@@ -30,7 +31,9 @@ def krum(num_tasks: int, *, n_byzantine: int = 0, n_selected: int = 1) -> Method
 
     Returns:
       A Gram-space :class:`~mtljax.methods.Method` (weights ``1/m`` on the selection, like
-      torchjd's ``Krum``).
+      torchjd's ``Krum``). Under a ``task_mask`` with K present tasks: Krum of the K present
+      gradients; with ``K < f + 3`` no score sums a distance and Krum abstains (``w = 0``,
+      ``d = 0``) rather than trust gradients it cannot vet; with ``K < m`` it averages the K.
 
     Example:
       >>> import numpy as np, mtljax
@@ -48,16 +51,28 @@ def krum(num_tasks: int, *, n_byzantine: int = 0, n_selected: int = 1) -> Method
             f"krum needs num_tasks >= n_byzantine + 3 (got num_tasks={num_tasks}, "
             f"n_byzantine={n_byzantine}): each score sums the T - f - 2 nearest distances."
         )
-    num_neighbours = num_tasks - n_byzantine - 2
 
-    def weights_fn(gram, state, *, task_losses=None, **extra):
+    def weights_fn(gram, state, *, task_losses=None, task_mask=None, **extra):
         del task_losses, extra
+        mask = task_support(task_mask, num_tasks)
+        count = jnp.sum(mask)
+        gram = restrict_gram(gram, mask)
         sq_norms = jnp.diagonal(gram)
         distances = jnp.clip(sq_norms[:, None] + sq_norms[None, :] - 2.0 * gram, 0.0)
-        distances = jnp.where(jnp.eye(num_tasks, dtype=bool), jnp.inf, distances)
-        scores = jnp.sum(jnp.sort(distances, axis=1)[:, :num_neighbours], axis=1)
-        selected = jnp.argsort(scores, stable=True)[:n_selected]
-        weights = jnp.zeros((num_tasks,), gram.dtype).at[selected].set(1.0 / n_selected)
+        others = mask[:, None] & mask[None, :] & ~jnp.eye(num_tasks, dtype=bool)
+        distances = jnp.where(others, distances, jnp.inf)
+        # Each present task's score sums its K - f - 2 nearest present distances.
+        nearest = jnp.sort(distances, axis=1)
+        counted = jnp.arange(num_tasks) < count - n_byzantine - 2
+        scores = jnp.where(mask, jnp.sum(jnp.where(counted, nearest, 0.0), axis=1), jnp.inf)
+        rank = jnp.zeros((num_tasks,), int).at[jnp.argsort(scores, stable=True)].set(
+            jnp.arange(num_tasks)
+        )
+        # Under K < f + 3 present tasks no score sums a distance: Krum abstains (w = 0) rather
+        # than trust gradients it cannot vet. Under K < m it averages the K present ones.
+        chosen = jnp.minimum(count, n_selected)
+        selected = mask & (rank < chosen) & (count >= n_byzantine + 3)
+        weights = jnp.where(selected, 1.0 / jnp.maximum(chosen, 1), 0.0).astype(gram.dtype)
         return weights, state
 
     return gram_weighting("krum", num_tasks, optax.EmptyState, weights_fn)

@@ -22,6 +22,7 @@ import optax
 
 from mtljax.methods._base import Method, check_num_tasks, gram_weighting, require_losses
 from mtljax.solvers import min_norm_simplex
+from mtljax.solvers._mask import restrict, restrict_gram, task_support
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
@@ -60,17 +61,21 @@ def mgda(
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
     name = "mgda" if level == "parameters" else "mgda_ub"
 
-    def weights_fn(gram, state, *, task_losses=None, **extra):
+    def weights_fn(gram, state, *, task_losses=None, task_mask=None, **extra):
         del extra
+        mask = task_support(task_mask, num_tasks)
+        gram = restrict_gram(gram, mask)
         scale = jnp.ones((num_tasks,), gram.dtype)
         norms = jnp.sqrt(jnp.clip(jnp.diagonal(gram), 0.0))
         if normalization in ("l2", "loss+"):
             scale = scale * norms
         if normalization in ("loss", "loss+"):
-            scale = scale * require_losses(name, num_tasks, task_losses).astype(gram.dtype)
+            losses = require_losses(name, num_tasks, task_losses).astype(gram.dtype)
+            scale = scale * restrict(losses, mask, 1.0)
         # Zero-norm or zero-loss rows keep scale 1: they contribute a zero vertex either way.
         safe = jnp.where(scale > jnp.finfo(gram.dtype).tiny, scale, 1.0)
-        w = min_norm_simplex(gram / jnp.outer(safe, safe), max_iters=max_iters, tol=tol)
+        w = min_norm_simplex(gram / jnp.outer(safe, safe), max_iters=max_iters, tol=tol,
+                             mask=mask)
         return w / safe, state
 
     return gram_weighting(name, num_tasks, optax.EmptyState, weights_fn, level=level)

@@ -10,6 +10,8 @@ with ``β_k = β / k^{σ_β}`` and ``γ_k = γ / k^{σ_γ}`` at step ``k = 1, 2,
 variable ``Y`` is a ``[T, *p]`` tree, T copies of the shared parameters: this P-sized state is
 inherent to MoCo. The weights λ combine the *tracked* gradients ``Y``, not this step's ``J``.
 The paper also projects each ``y_t`` onto a ball for its analysis; that bound is not applied.
+Under a ``task_mask`` absent tasks keep their tracked gradients and λ; the step starts from the
+present part of λ, renormalised, and stays on the simplex of the present tasks.
 
 References:
   Fernando, Shen, Liu, Chaudhury, Murugesan & Chen, "Mitigating Gradient Bias in
@@ -29,10 +31,22 @@ from mtljax.methods._base import (
     MethodOutput,
     check_input_tasks,
     check_num_tasks,
+    gradient_transform,
+    hparam_aliases,
     require_losses,
     weights_dtype,
 )
 from mtljax.solvers import project_simplex
+from mtljax.solvers._mask import (
+    drop_absent,
+    keep_absent,
+    masked_softmax,
+    present_max,
+    restrict,
+    restrict_gram,
+    restrict_simplex,
+    task_support,
+)
 
 NORMALIZATIONS = ("none", "loss")
 SIMPLEX_MAPS = ("projection", "softmax")
@@ -44,11 +58,12 @@ class MoCoState(NamedTuple):
     weights: jax.Array  # [T] λ, uniform at the start
 
 
+@hparam_aliases(beta="ema_rate", beta_sigma="ema_rate_sigma")
 def moco(
     num_tasks: int,
     *,
-    beta: float = 0.5,
-    beta_sigma: float = 0.5,
+    ema_rate: float = 0.5,
+    ema_rate_sigma: float = 0.5,
     gamma: float = 0.1,
     gamma_sigma: float = 0.5,
     rho: float = 0.0,
@@ -59,8 +74,11 @@ def moco(
 
     Args:
       num_tasks: T.
-      beta: β in (0, 1], the tracking step size at step 1.
-      beta_sigma: σ_β ≥ 0, decay exponent of the tracking step size ``β / k^σ_β``.
+      ema_rate: the paper's β in (0, 1], the tracking step size at step 1: the weight of the
+        new gradient in ``Y ← (1 − β_k) Y + β_k J`` (old name ``beta``, same meaning;
+        elsewhere in mtljax ``beta`` weighs the old value).
+      ema_rate_sigma: σ_β ≥ 0, decay exponent of the tracking step size ``β_k = β / k^σ_β``
+        (old name ``beta_sigma``).
       gamma: γ > 0, the λ step size at step 1 (absolute: it multiplies ``Y Yᵀ``).
       gamma_sigma: σ_γ ≥ 0, decay exponent of the λ step size ``γ / k^σ_γ``.
       rho: ρ ≥ 0, ℓ2 regularisation of the λ subproblem.
@@ -74,11 +92,15 @@ def moco(
       the weights of the tracked gradients ``Y`` (not of ``J``); they lie on the simplex.
     """
     num_tasks = check_num_tasks(num_tasks)
-    if not 0 < beta <= 1:
-        raise ValueError(f"beta must be in (0, 1], got {beta!r}.")
+    if not 0 < ema_rate <= 1:
+        raise ValueError(f"ema_rate must be in (0, 1], got {ema_rate!r}.")
     if not gamma > 0:
         raise ValueError(f"gamma must be positive, got {gamma!r}.")
-    for label, value in (("beta_sigma", beta_sigma), ("gamma_sigma", gamma_sigma), ("rho", rho)):
+    for label, value in (
+        ("ema_rate_sigma", ema_rate_sigma),
+        ("gamma_sigma", gamma_sigma),
+        ("rho", rho),
+    ):
         if not value >= 0:
             raise ValueError(f"{label} must be >= 0, got {value!r}.")
     if normalization not in NORMALIZATIONS:
@@ -93,34 +115,40 @@ def moco(
             jnp.zeros((), jnp.int32), tracking, jnp.full((num_tasks,), 1.0 / num_tasks, dtype)
         )
 
-    def apply(per_task_grads, state, params=None, *, task_losses=None, **extra):
+    def apply(per_task_grads, state, params=None, *, task_losses=None, task_mask=None, **extra):
         del params, extra
         check_input_tasks("moco", num_tasks, per_task_grads)
+        mask = task_support(task_mask, num_tasks)
+        per_task_grads = drop_absent(per_task_grads, task_mask)
         dtype = weights_dtype(per_task_grads)
         step = state.step + 1
         k = step.astype(dtype)
-        beta_k = beta / k**beta_sigma
+        beta_k = ema_rate / k**ema_rate_sigma
         gamma_k = gamma / k**gamma_sigma
         grads = per_task_grads
         if normalization == "loss":
-            losses = require_losses("moco", num_tasks, task_losses).astype(dtype)
+            losses = restrict(require_losses("moco", num_tasks, task_losses).astype(dtype), mask)
             norms = jnp.sqrt(linalg.squared_norms(per_task_grads))
             grads = _scale_rows(per_task_grads, losses / (norms + 1e-8))
         tracking = jax.tree.map(
             lambda y, g: (y - beta_k * (y - g)).astype(y.dtype), state.tracking, grads
         )
-        gram = linalg.gram(tracking).astype(dtype)
-        lam = state.weights.astype(dtype)
+        # Absent tasks: their tracked gradients and λ are kept; this step's λ lives on the
+        # simplex of the present tasks, from the present part of the last λ.
+        tracking = keep_absent(mask, tracking, state.tracking)
+        gram = restrict_gram(linalg.gram(tracking).astype(dtype), mask)
+        lam = restrict_simplex(state.weights.astype(dtype), mask)
         lam = lam - gamma_k * (gram @ lam + rho * lam)
         if simplex_map == "softmax":
-            lam = jax.nn.softmax(lam)
+            lam = masked_softmax(lam, mask)
         else:
             # Π_Δ(v) = Π_Δ(v − c·1): shifting by the max keeps huge steps exact in float32.
-            lam = project_simplex(lam - jnp.max(lam))
-        new_state = MoCoState(step, tracking, lam.astype(state.weights.dtype))
+            lam = project_simplex(lam - present_max(lam, mask), mask=mask)
+        kept = jnp.where(mask, lam.astype(state.weights.dtype), state.weights)
+        new_state = MoCoState(step, tracking, kept)
         return MethodOutput(linalg.combine(tracking, lam), new_state, lam)
 
-    return Method(init, apply, name="moco", num_tasks=num_tasks)
+    return gradient_transform("moco", num_tasks, init, apply)
 
 
 def _scale_rows(per_task, scale: jax.Array):

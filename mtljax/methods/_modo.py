@@ -7,7 +7,9 @@ an unbiased estimate of its gradient ``J Jᵀ λ`` from two independent mini-bat
 
 with a third independent batch ``z3`` for the update. The train step passes ``J_{z3}`` (the
 first batch of the tuple) as ``per_task_grads`` and ``(J_{z1}, J_{z2})`` as
-``extra_per_task_grads``. ρ > 0 makes the dual strongly convex.
+``extra_per_task_grads``. ρ > 0 makes the dual strongly convex. Under a ``task_mask`` the step
+runs on the simplex of the present tasks, from the present part of λ (renormalised); absent
+tasks keep theirs.
 
 References:
   Chen, Fernando, Ying & Chen, "Three-Way Trade-Off in Multi-Objective Learning: Optimization,
@@ -27,10 +29,18 @@ from mtljax.methods._base import (
     MethodOutput,
     check_input_tasks,
     check_num_tasks,
+    gradient_transform,
     weights_dtype,
 )
 from mtljax.methods._sdmgrad import cross_gram, extra_grads
 from mtljax.solvers import project_simplex
+from mtljax.solvers._mask import (
+    drop_absent,
+    present_max,
+    restrict_gram,
+    restrict_simplex,
+    task_support,
+)
 
 
 class MoDoState(NamedTuple):
@@ -62,19 +72,22 @@ def modo(num_tasks: int, *, gamma: float = 1e-3, rho: float = 0.1) -> Method:
 
     def apply(
         per_task_grads, state, params=None, *, task_losses=None, extra_per_task_grads=None,
-        **extra,
+        task_mask=None, **extra,
     ):
         del params, task_losses, extra
         check_input_tasks("modo", num_tasks, per_task_grads)
         z1, z2 = extra_grads("modo", num_tasks, per_task_grads, extra_per_task_grads, 2)
+        mask = task_support(task_mask, num_tasks)
         dtype = weights_dtype(per_task_grads)
-        cross = cross_gram(z1, z2).astype(dtype)
-        lam = state.weights.astype(dtype)
+        # Under a mask: the step on the present tasks' simplex, from the present part of the
+        # last λ; absent tasks keep their λ.
+        cross = restrict_gram(cross_gram(z1, z2).astype(dtype), mask)
+        lam = restrict_simplex(state.weights.astype(dtype), mask)
         step = lam - gamma * (cross @ lam + rho * lam)
         # Π_Δ(v) = Π_Δ(v − c·1): shifting by the max keeps huge steps exact in float32.
-        lam = project_simplex(step - jnp.max(step))
-        return MethodOutput(
-            linalg.combine(per_task_grads, lam), MoDoState(lam.astype(state.weights.dtype)), lam
-        )
+        lam = project_simplex(step - present_max(step, mask), mask=mask)
+        kept = jnp.where(mask, lam.astype(state.weights.dtype), state.weights)
+        update = linalg.combine(drop_absent(per_task_grads, task_mask), lam)
+        return MethodOutput(update, MoDoState(kept), lam)
 
-    return Method(init, apply, name="modo", num_tasks=num_tasks, num_batches=3)
+    return gradient_transform("modo", num_tasks, init, apply, num_batches=3)

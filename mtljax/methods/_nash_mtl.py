@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mtljax.methods._base import Method, check_num_tasks, gram_weighting
+from mtljax.methods._base import Method, check_num_tasks, gram_weighting, hparam_aliases
 from mtljax.solvers._fair import alpha_fair_weights
+from mtljax.solvers._mask import restrict, restrict_gram, task_support
 
 
 class NashMTLState(NamedTuple):
@@ -33,12 +34,13 @@ class NashMTLState(NamedTuple):
     step: jax.Array  # [] int32, calls so far
 
 
+@hparam_aliases(optim_niter="max_iters")
 def nash_mtl(
     num_tasks: int,
     *,
     max_norm: float = 1.0,
     update_weights_every: int = 1,
-    optim_niter: int = 20,
+    max_iters: int = 20,
 ) -> Method:
     """Nash-MTL: ``α`` with ``G α = 1/α``, ``d = Jᵀ α`` clipped to ``‖d‖ ≤ max_norm``.
 
@@ -49,7 +51,7 @@ def nash_mtl(
         1.0 returns unit-norm updates for ``T ≥ 2``.
       update_weights_every: solve every k-th call; in between, the previous ``α`` is reused
         (and the clip recomputed on the current gradients), as in the official code.
-      optim_niter: Newton iteration budget per solve.
+      max_iters: Newton iteration budget per solve (old name: ``optim_niter``).
 
     Returns:
       A Gram-space :class:`~mtljax.methods.Method` whose state keeps ``α`` and the step.
@@ -68,26 +70,33 @@ def nash_mtl(
         raise ValueError(
             f"update_weights_every must be a positive integer, got {update_weights_every!r}."
         )
-    if not isinstance(optim_niter, int) or optim_niter < 1:
-        raise ValueError(f"optim_niter must be a positive integer, got {optim_niter!r}.")
+    if not isinstance(max_iters, int) or max_iters < 1:
+        raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}.")
     max_norm = float(max_norm)
 
     def init_state():
         # Default float dtype: float64 when x64 is enabled, so the kept α loses nothing.
         return NashMTLState(jnp.zeros((num_tasks,)), jnp.zeros((), jnp.int32))
 
-    def weights_fn(gram, state, *, task_losses=None, **extra):
+    def weights_fn(gram, state, *, task_losses=None, task_mask=None, **extra):
         del task_losses, extra
+        mask = task_support(task_mask, num_tasks)
+        # The present tasks' bargaining problem; a reused α is restricted to them too.
+        gram = restrict_gram(gram, mask)
         previous = state.alpha.astype(gram.dtype)
         alpha = lax.cond(
             state.step % update_weights_every == 0,
-            lambda: alpha_fair_weights(gram, alpha=1.0, init=previous, max_iters=optim_niter),
-            lambda: previous,
+            lambda: alpha_fair_weights(
+                gram, alpha=1.0, init=previous, max_iters=max_iters, mask=mask
+            ),
+            lambda: restrict(previous, mask),
         )
         weights = alpha
         if max_norm > 0:
             norm = jnp.sqrt(jnp.clip(alpha @ gram @ alpha, 0.0))
             weights = jnp.where(norm > max_norm, alpha * (max_norm / norm), alpha)
-        return weights, NashMTLState(alpha.astype(state.alpha.dtype), state.step + 1)
+        # Absent tasks keep their last α (the warm start of their next solve).
+        kept = jnp.where(mask, alpha.astype(state.alpha.dtype), state.alpha)
+        return weights, NashMTLState(kept, state.step + 1)
 
     return gram_weighting("nash_mtl", num_tasks, init_state, weights_fn)

@@ -22,6 +22,7 @@ from jax import lax
 
 from mtljax.methods._base import Method, as_key, check_num_tasks, gram_weighting
 from mtljax.methods._ew import REDUCTIONS
+from mtljax.solvers._mask import num_present, restrict_gram, task_support
 
 
 class PCGradState(NamedTuple):
@@ -57,8 +58,13 @@ def pcgrad(num_tasks: int, *, reduction: str = "sum", key: jax.Array | int = 0) 
 
         return lax.fori_loop(0, num_tasks, body, jax.nn.one_hot(i, num_tasks, dtype=gram.dtype))
 
-    def weights_fn(gram, state, *, task_losses=None, **extra):
+    def weights_fn(gram, state, *, task_losses=None, task_mask=None, **extra):
         del task_losses, extra
+        mask = task_support(task_mask, num_tasks)
+        # Absent tasks enter as zero gradients, which no projection uses, and their own
+        # projected gradients are left out: the present tasks' PCGrad, visited in the order a
+        # uniform permutation of T induces on them (uniform too: the same law, not the draw).
+        gram = restrict_gram(gram, mask)
         key, sub = jax.random.split(state.key)
         orders = jax.vmap(lambda k: jax.random.permutation(k, num_tasks))(
             jax.random.split(sub, num_tasks)
@@ -66,9 +72,9 @@ def pcgrad(num_tasks: int, *, reduction: str = "sum", key: jax.Array | int = 0) 
         coeffs = jax.vmap(project_one, in_axes=(0, 0, None))(
             jnp.arange(num_tasks), orders, gram
         )
-        weights = coeffs.sum(0)
+        weights = jnp.where(mask[:, None], coeffs, 0.0).sum(0)
         if reduction == "mean":
-            weights = weights / num_tasks
+            weights = weights / jnp.maximum(num_present(mask, weights.dtype), 1.0)
         return weights, PCGradState(key)
 
     return gram_weighting("pcgrad", num_tasks, lambda: PCGradState(key0), weights_fn)

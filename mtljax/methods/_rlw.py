@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from mtljax.methods._base import Method, as_key, check_num_tasks, loss_weighting, losses_dtype
+from mtljax.solvers._mask import masked_softmax, restrict_simplex, task_support
 
 DISTRIBUTIONS = ("normal", "uniform", "dirichlet")
 
@@ -53,16 +54,21 @@ def rlw(
         raise ValueError(f"alpha must be positive, got {alpha!r}.")
     key0 = as_key(key)
 
-    def weights_fn(state, *, task_losses=None, **extra):
+    def weights_fn(state, *, task_losses=None, task_mask=None, **extra):
         del extra
         dtype = losses_dtype(task_losses)
+        mask = task_support(task_mask, num_tasks)
         key, sub = jax.random.split(state.key)
+        # Under a mask, T draws restricted to the K present tasks: i.i.d. logits restricted
+        # are K i.i.d. logits, and a Dir(α 1_T) sample renormalised on K entries is a
+        # Dir(α 1_K) sample. So the weights have the K-task method's law (not its draw).
         if distribution == "normal":
-            weights = jax.nn.softmax(jax.random.normal(sub, (num_tasks,), dtype))
+            weights = masked_softmax(jax.random.normal(sub, (num_tasks,), dtype), mask)
         elif distribution == "uniform":
-            weights = jax.nn.softmax(jax.random.uniform(sub, (num_tasks,), dtype))
+            weights = masked_softmax(jax.random.uniform(sub, (num_tasks,), dtype), mask)
         else:
             weights = jax.random.dirichlet(sub, jnp.full((num_tasks,), alpha, dtype), dtype=dtype)
+            weights = restrict_simplex(weights, mask)
         return weights, RLWState(key)
 
     return loss_weighting("rlw", num_tasks, lambda: RLWState(key0), weights_fn)

@@ -9,7 +9,9 @@ independent mini-batches ``ξ, ξ'``, which is unbiased for ``J Jᵀ (w + λ/T)`
 uses a third batch ``ζ``. So a step needs three batches: the train step passes ``J_ζ`` as
 ``per_task_grads`` and ``(J_ξ, J_ξ')`` as ``extra_per_task_grads``.
 
-λ = 0 is (stochastic) MGDA; λ → ∞ is gradient descent on the mean loss.
+λ = 0 is (stochastic) MGDA; λ → ∞ is gradient descent on the mean loss. Under a ``task_mask``
+the inner solve runs on the simplex of the present tasks, from the present part of the last
+``w`` (renormalised); absent tasks keep theirs.
 
 References:
   Xiao, Ban & Ji, "Direction-oriented Multi-objective Learning: Simple and Provable Stochastic
@@ -30,9 +32,20 @@ from mtljax.methods._base import (
     MethodOutput,
     check_input_tasks,
     check_num_tasks,
+    gradient_transform,
+    hparam_aliases,
     weights_dtype,
 )
 from mtljax.solvers import project_simplex
+from mtljax.solvers._mask import (
+    drop_absent,
+    num_present,
+    present_max,
+    restrict,
+    restrict_gram,
+    restrict_simplex,
+    task_support,
+)
 
 
 class SDMGradState(NamedTuple):
@@ -76,17 +89,18 @@ def extra_grads(name: str, num_tasks: int, per_task_grads, extra_per_task_grads,
     return tuple(extra_per_task_grads)
 
 
+@hparam_aliases(niter="max_iters")
 def sdmgrad(
     num_tasks: int,
     *,
     lamda: float = 0.3,
-    niter: int = 20,
+    max_iters: int = 20,
     lr: float = 5.0,
     momentum: float = 0.0,
 ) -> Method:
     """Stochastic direction-oriented MGDA with double sampling.
 
-    Each step runs ``niter`` projected SGD steps on the dual weights, warm-started from the last
+    Each step runs ``max_iters`` projected SGD steps on the dual weights, warm-started from the last
     step's ``w``: ``v ← μ v + Ĉ (w + λ/T)``, ``w ← Π_Δ(w − lr v)``, where ``Ĉ = C / s²`` is the
     cross Gram ``C = J_ξ J_ξ'ᵀ`` divided by the squared mean gradient norm
     ``s = mean_t sqrt(max(C_tt, 0))`` (so ``lr`` does not depend on the gradients' scale).
@@ -95,7 +109,7 @@ def sdmgrad(
     Args:
       num_tasks: T.
       lamda: λ ≥ 0, the pull towards the mean gradient (0: MGDA-like; large: mean loss).
-      niter: inner projected-SGD iterations per step.
+      max_iters: inner projected-SGD iterations per step (old name: ``niter``).
       lr: inner step size on the normalised cross Gram.
       momentum: heavy-ball momentum μ of the inner SGD, restarted every step (0: the paper's
         projected SGD; 0.5: the official code and LibMTL).
@@ -108,8 +122,8 @@ def sdmgrad(
     num_tasks = check_num_tasks(num_tasks)
     if not lamda >= 0:
         raise ValueError(f"lamda must be >= 0, got {lamda!r}.")
-    if not isinstance(niter, int) or niter < 0:
-        raise ValueError(f"niter must be a non-negative integer, got {niter!r}.")
+    if not isinstance(max_iters, int) or max_iters < 0:
+        raise ValueError(f"max_iters must be a non-negative integer, got {max_iters!r}.")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}.")
     if not 0 <= momentum < 1:
@@ -121,32 +135,35 @@ def sdmgrad(
 
     def apply(
         per_task_grads, state, params=None, *, task_losses=None, extra_per_task_grads=None,
-        **extra,
+        task_mask=None, **extra,
     ):
         del params, task_losses, extra
         check_input_tasks("sdmgrad", num_tasks, per_task_grads)
         xi, xi_prime = extra_grads(
             "sdmgrad", num_tasks, per_task_grads, extra_per_task_grads, 2
         )
+        mask = task_support(task_mask, num_tasks)
         dtype = weights_dtype(per_task_grads)
-        cross = cross_gram(xi, xi_prime).astype(dtype)
-        scale = jnp.mean(jnp.sqrt(jnp.clip(jnp.diagonal(cross), 0.0))) ** 2
+        # Under a mask: the present tasks' cross Gram, mean gradient and simplex, from the
+        # present part of the last w; absent tasks keep their w.
+        count = jnp.maximum(num_present(mask, dtype), 1.0)
+        cross = restrict_gram(cross_gram(xi, xi_prime).astype(dtype), mask)
+        scale = (jnp.sum(jnp.sqrt(jnp.clip(jnp.diagonal(cross), 0.0))) / count) ** 2
         cross = cross / jnp.where(scale > jnp.finfo(dtype).tiny, scale, 1.0)
-        shift = jnp.asarray(lamda / num_tasks, dtype)
+        shift = restrict(jnp.full((num_tasks,), lamda, dtype) / count, mask)
 
         def body(_, carry):
             w, velocity = carry
             velocity = momentum * velocity + cross @ (w + shift)
             step = w - lr * velocity
             # Π_Δ(v) = Π_Δ(v − c·1): shifting by the max keeps the projection exact.
-            return project_simplex(step - jnp.max(step)), velocity
+            return project_simplex(step - present_max(step, mask), mask=mask), velocity
 
-        w0 = state.weights.astype(dtype)
-        w, _ = lax.fori_loop(0, niter, body, (w0, jnp.zeros_like(w0)))
+        w0 = restrict_simplex(state.weights.astype(dtype), mask)
+        w, _ = lax.fori_loop(0, max_iters, body, (w0, jnp.zeros_like(w0)))
         weights = (w + shift) / (1.0 + lamda)
-        return MethodOutput(
-            linalg.combine(per_task_grads, weights), SDMGradState(w.astype(state.weights.dtype)),
-            weights,
-        )
+        kept = jnp.where(mask, w.astype(state.weights.dtype), state.weights)
+        update = linalg.combine(drop_absent(per_task_grads, task_mask), weights)
+        return MethodOutput(update, SDMGradState(kept), weights)
 
-    return Method(init, apply, name="sdmgrad", num_tasks=num_tasks, num_batches=3)
+    return gradient_transform("sdmgrad", num_tasks, init, apply, num_batches=3)

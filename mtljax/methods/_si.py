@@ -20,6 +20,7 @@ from mtljax.methods._base import (
     losses_dtype,
     require_losses,
 )
+from mtljax.solvers._mask import restrict, task_support
 
 
 def si(num_tasks: int, *, eps: float = 1e-12) -> Method:
@@ -42,10 +43,11 @@ def si(num_tasks: int, *, eps: float = 1e-12) -> Method:
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps!r}.")
 
-    def weights_fn(state, *, task_losses=None, **extra):
+    def weights_fn(state, *, task_losses=None, task_mask=None, **extra):
         del extra
         losses = require_losses("si", num_tasks, task_losses)
-        losses = losses.astype(losses_dtype(losses))
-        return 1.0 / jnp.maximum(losses, eps), state
+        mask = task_support(task_mask, num_tasks)
+        losses = restrict(losses.astype(losses_dtype(losses)), mask, 1.0)
+        return restrict(1.0 / jnp.maximum(losses, eps), mask), state
 
     return loss_weighting("si", num_tasks, optax.EmptyState, weights_fn)

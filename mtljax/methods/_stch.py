@@ -12,6 +12,10 @@ During the warm-up (``warmup_steps`` steps) the method trains with the sum of lo
 (``w_t = 1/L_t``, as the authors' MTL code does) or with equal weights (``warmup="ew"``), and
 averages the losses of the last ``nadir_steps`` warm-up steps into ``z``.
 
+Under a ``task_mask`` the softmax (and its factor T) runs over the K present tasks, and a
+task's nadir averages the window steps it was present; a task absent through the whole window
+takes its first loss after it as its nadir.
+
 References:
   Lin, Zhang, Yang, Liu, Wang & Zhang, "Smooth Tchebycheff Scalarization for Multi-Objective
   Optimization", ICML 2024, arXiv:2402.19078.
@@ -31,6 +35,7 @@ from mtljax.methods._base import (
     losses_dtype,
     require_losses,
 )
+from mtljax.solvers._mask import masked_softmax, num_present, restrict, task_support
 
 WARMUPS = ("log", "ew")
 TRANSFORMS = ("log", "linear")
@@ -39,6 +44,7 @@ TRANSFORMS = ("log", "linear")
 class STCHState(NamedTuple):
     step: jax.Array  # [] int32, steps taken
     loss_sum: jax.Array  # [T], sum of the losses over the nadir window
+    counts: jax.Array  # [T] int32, losses summed in loss_sum (steps each task was present)
 
 
 def stch(
@@ -91,27 +97,36 @@ def stch(
         raise ValueError(f"eps must be positive, got {eps!r}.")
 
     def init_state():
-        return STCHState(jnp.zeros((), jnp.int32), jnp.zeros((num_tasks,), dtype))
+        zeros = jnp.zeros((num_tasks,), jnp.int32)
+        return STCHState(jnp.zeros((), jnp.int32), jnp.zeros((num_tasks,), dtype), zeros)
 
-    def weights_fn(state, *, task_losses=None, **extra):
+    def weights_fn(state, *, task_losses=None, task_mask=None, **extra):
         del extra
         losses = require_losses("stch", num_tasks, task_losses)
+        mask = task_support(task_mask, num_tasks)
         out_dtype = losses_dtype(losses)
         work = jnp.promote_types(out_dtype, dtype)
-        safe = jnp.maximum(losses.astype(work), eps)
-        nadir = jnp.maximum(state.loss_sum.astype(work) / nadir_steps, eps)
+        safe = jnp.maximum(restrict(losses.astype(work), mask, 1.0), eps)
+        # The nadir is the average over the window steps a task was present. A task absent
+        # through the whole window takes its first loss after it (u_t = 0 at that step).
+        seen = state.counts > 0
+        average = state.loss_sum.astype(work) / jnp.maximum(state.counts, 1).astype(work)
+        nadir = jnp.maximum(jnp.where(seen, average, safe), eps)
         if transform == "log":
             u, slope = jnp.log(safe) - jnp.log(nadir), 1.0 / safe
         else:
             u, slope = safe / nadir - 1.0, 1.0 / nadir
         # Clipping keeps the softmax finite when u / μ overflows (tiny μ, extreme losses).
         big = jnp.finfo(work).max
-        stch_weights = num_tasks * jax.nn.softmax(jnp.clip(u / mu, -big, big)) * slope
+        logits = jnp.clip(u / mu, -big, big)
+        stch_weights = num_present(mask, work) * masked_softmax(logits, mask) * slope
         warm_weights = 1.0 / safe if warmup == "log" else jnp.ones_like(safe)
-        weights = jnp.where(state.step >= warmup_steps, stch_weights, warm_weights)
+        weights = restrict(jnp.where(state.step >= warmup_steps, stch_weights, warm_weights), mask)
 
         in_window = (state.step >= warmup_steps - nadir_steps) & (state.step < warmup_steps)
-        loss_sum = state.loss_sum + jnp.where(in_window, losses.astype(dtype), 0.0)
-        return weights.astype(out_dtype), STCHState(state.step + 1, loss_sum)
+        record = (in_window | (state.step >= warmup_steps) & ~seen) & mask
+        loss_sum = state.loss_sum + jnp.where(record, losses.astype(dtype), 0.0)
+        counts = state.counts + record
+        return weights.astype(out_dtype), STCHState(state.step + 1, loss_sum, counts)
 
     return loss_weighting("stch", num_tasks, init_state, weights_fn)

@@ -18,7 +18,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtljax.methods._base import Method, MethodOutput, check_input_tasks, check_num_tasks
+from mtljax.methods._base import (
+    Method,
+    MethodOutput,
+    check_input_tasks,
+    check_num_tasks,
+    gradient_transform,
+)
+from mtljax.solvers._mask import task_support
 
 
 def trimmed_mean(num_tasks: int, *, trim_number: int = 1) -> Method:
@@ -31,6 +38,9 @@ def trimmed_mean(num_tasks: int, *, trim_number: int = 1) -> Method:
 
     Returns:
       An elementwise :class:`~mtljax.methods.Method` with ``weights=None`` and no state.
+      Under a ``task_mask`` with K present tasks: the k-trimmed mean of their values; with
+      ``K ≤ 2k`` nothing is left after trimming and the method abstains (``d = 0``), like
+      Krum.
 
     Example:
       >>> import numpy as np, mtljax
@@ -44,18 +54,29 @@ def trimmed_mean(num_tasks: int, *, trim_number: int = 1) -> Method:
             f"trimmed_mean needs 0 <= trim_number and 2 * trim_number < num_tasks "
             f"(got trim_number={trim_number}, num_tasks={num_tasks})."
         )
-    kept = slice(trim_number, num_tasks - trim_number)
 
     def init(params):
         del params
         return optax.EmptyState()
 
-    def trim(leaf):
-        return jnp.mean(jnp.sort(leaf, axis=0)[kept], axis=0).astype(leaf.dtype)
+    def trim(leaf, mask):
+        # Absent tasks sort last (+inf) and are never kept: the k-trimmed mean of the K
+        # present values. Under K <= 2k present tasks nothing is left after trimming and the
+        # method abstains (0), as Krum does, rather than trust values it cannot trim.
+        rows = mask.reshape((-1,) + (1,) * (leaf.ndim - 1))
+        dtype = jnp.promote_types(leaf.dtype, jnp.float32)
+        values = jnp.sort(jnp.where(rows, leaf.astype(dtype), jnp.inf), axis=0)
+        count = jnp.sum(mask)
+        index = jnp.arange(num_tasks).reshape(rows.shape)
+        kept = (index >= trim_number) & (index < count - trim_number)
+        total = jnp.sum(jnp.where(kept, values, 0.0), axis=0)
+        size = count - 2 * trim_number
+        return jnp.where(size > 0, total / jnp.maximum(size, 1), 0.0).astype(leaf.dtype)
 
-    def apply(per_task_grads, state, params=None, *, task_losses=None, **extra):
+    def apply(per_task_grads, state, params=None, *, task_losses=None, task_mask=None, **extra):
         del params, task_losses, extra
         check_input_tasks("trimmed_mean", num_tasks, per_task_grads)
-        return MethodOutput(jax.tree.map(trim, per_task_grads), state, None)
+        mask = task_support(task_mask, num_tasks)
+        return MethodOutput(jax.tree.map(lambda x: trim(x, mask), per_task_grads), state, None)
 
-    return Method(init, apply, name="trimmed_mean", num_tasks=num_tasks)
+    return gradient_transform("trimmed_mean", num_tasks, init, apply)

@@ -25,6 +25,7 @@ import optax
 from mtljax.methods._base import Method, check_num_tasks, gram_weighting
 from mtljax.methods._ew import REDUCTIONS
 from mtljax.solvers._dual_cone import project_dual_cone
+from mtljax.solvers._mask import num_present, restrict, task_support
 
 
 def preference_weights(
@@ -87,11 +88,17 @@ def upgrad(
     num_tasks = check_num_tasks(num_tasks)
     u = preference_weights("upgrad", num_tasks, pref_vector, reduction, reg_eps, norm_eps)
 
-    def weights_fn(gram, state, *, task_losses=None, **extra):
+    def weights_fn(gram, state, *, task_losses=None, task_mask=None, **extra):
         del task_losses, extra
-        starts = jnp.diag(jnp.asarray(u, gram.dtype))
+        mask = task_support(task_mask, num_tasks)
+        # The present tasks' gradients projected onto their own dual cone ("mean": over K).
+        count = jnp.maximum(num_present(mask, gram.dtype), 1.0)
+        rescale = num_tasks / count if reduction == "mean" else 1.0
+        starts = jnp.diag(restrict(jnp.asarray(u, gram.dtype) * rescale, mask))
         projections = jax.vmap(
-            lambda start: project_dual_cone(gram, start, reg_eps=reg_eps, norm_eps=norm_eps)
+            lambda start: project_dual_cone(
+                gram, start, reg_eps=reg_eps, norm_eps=norm_eps, mask=mask
+            )
         )(starts)
         return projections.sum(0), state
 

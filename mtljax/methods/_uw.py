@@ -30,6 +30,7 @@ from mtljax.methods._base import (
     losses_dtype,
     require_losses,
 )
+from mtljax.solvers._mask import keep_absent, restrict, task_support
 
 FORMS = ("half", "full")
 # e^{±S_MAX} stays finite in float32: a guard against log-variances drifting without bound
@@ -79,15 +80,18 @@ def uw(
         log_vars = jnp.full((num_tasks,), init, dtype)
         return UWState(log_vars, tx.init(log_vars))
 
-    def weights_fn(state, *, task_losses=None, **extra):
+    def weights_fn(state, *, task_losses=None, task_mask=None, **extra):
         del extra
         losses = require_losses("uw", num_tasks, task_losses)
+        mask = task_support(task_mask, num_tasks)
         s = state.log_vars
         scale = coef * jnp.exp(-s)
-        weights = scale.astype(losses_dtype(losses))
-        grad = coef - scale * losses.astype(s.dtype)
+        weights = restrict(scale.astype(losses_dtype(losses)), mask)
+        # Absent tasks' gradients are 0 (their losses may hold anything) and their rows of the
+        # state are kept: the optimizer of s sees the present tasks' problem only.
+        grad = jnp.where(mask, coef - scale * losses.astype(s.dtype), 0.0)
         updates, opt_state = tx.update(grad, state.opt_state, s)
         s = jnp.clip(optax.apply_updates(s, updates), -S_MAX, S_MAX).astype(s.dtype)
-        return weights, UWState(s, opt_state)
+        return weights, keep_absent(mask, UWState(s, opt_state), state)
 
     return loss_weighting("uw", num_tasks, init_state, weights_fn)

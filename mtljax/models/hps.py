@@ -1,8 +1,8 @@
-"""Hard parameter sharing: one shared trunk, one linear head per task."""
+"""Hard parameter sharing: one shared trunk, one head per task (linear, or per-pixel)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 from flax import nnx
@@ -17,8 +17,12 @@ class HardSharing(nnx.Module):
     methods; ``decode`` maps it to every task's output.
 
     Args:
-      trunk: any module with an ``out_features`` attribute mapping ``x`` to ``[B, D]``.
+      trunk: any module with an ``out_features`` attribute mapping ``x`` to ``[B, D]`` (or
+        ``[B, H, W, D]`` for a dense trunk such as :class:`~mtljax.models.SegNet`).
       head_dims: output width of each task's head, keyed by task name (order kept).
+      head: builds one head as ``head(D, dim, rngs=rngs)``; ``nnx.Linear`` by default (on
+        ``[B, H, W, D]`` a per-pixel 1×1 map), :class:`~mtljax.models._heads.DenseHead` for
+        MTAN's 3×3 + 1×1 per-pixel head.
       rngs: the parameter initialisation keys.
 
     Example:
@@ -29,7 +33,14 @@ class HardSharing(nnx.Module):
       {'a': (2, 3), 'b': (2, 1)}
     """
 
-    def __init__(self, trunk: nnx.Module, head_dims: Mapping[str, int], *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        trunk: nnx.Module,
+        head_dims: Mapping[str, int],
+        *,
+        head: Callable[..., nnx.Module] = nnx.Linear,
+        rngs: nnx.Rngs,
+    ):
         if not head_dims:
             raise ValueError("HardSharing needs at least one task head.")
         if "shared" in head_dims:
@@ -42,8 +53,7 @@ class HardSharing(nnx.Module):
             raise ValueError(f"Head widths must be positive, got {bad}.")
         self.shared = trunk
         self.heads = nnx.Dict(
-            {name: nnx.Linear(trunk.out_features, int(dim), rngs=rngs)
-             for name, dim in head_dims.items()}
+            {name: head(trunk.out_features, int(dim), rngs=rngs) for name, dim in head_dims.items()}
         )
 
     def encode(self, x: jax.Array) -> jax.Array:

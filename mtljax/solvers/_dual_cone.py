@@ -37,6 +37,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import cho_factor, cho_solve
 
+from mtljax.solvers._mask import restrict_gram, task_support
+
 
 def regularize_gram(gram: jax.Array, *, reg_eps: float = 1e-4, norm_eps: float = 0.0):
     """``G / tr(G) + reg_eps · I``; ``reg_eps · I`` when ``tr(G) ≤ max(norm_eps, tiny)``.
@@ -64,6 +66,7 @@ def project_dual_cone(
     reg_eps: float = 1e-4,
     norm_eps: float = 0.0,
     max_iters: int | None = None,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """Weights ``w = argmin_{w ≥ u} wᵀ Ĝ w`` of the projection of ``Jᵀu`` onto the dual cone.
 
@@ -74,6 +77,9 @@ def project_dual_cone(
       norm_eps: Gram matrices with trace at or under this count as zero (then ``w = u``).
       max_iters: budget of active-set iterations (one T×T Cholesky solve each);
         ``3T + 10`` by default. Freeing k variables takes k + 1 iterations without step-backs.
+      mask: optional ``[T]`` bool support: the dual cone of the present rows only (one
+        constraint per present task; absent rows and columns of G, whatever they hold, are
+        ignored, the trace is the present tasks'). Absent tasks get ``w = 0``.
 
     Returns:
       ``[T]`` weights ``w ≥ u`` in ``gram``'s dtype; ``Jᵀw`` is the projection of ``Jᵀu``.
@@ -86,9 +92,10 @@ def project_dual_cone(
       >>> [round(x, 4) for x in w.tolist()]
       [1.0, 0.5]
     """
-    g = regularize_gram(gram, reg_eps=reg_eps, norm_eps=norm_eps)
-    u = u.astype(g.dtype)
-    t = g.shape[0]
+    t = gram.shape[0]
+    mask = task_support(mask, t)
+    g = regularize_gram(restrict_gram(gram, mask), reg_eps=reg_eps, norm_eps=norm_eps)
+    u = jnp.where(mask, u.astype(g.dtype), 0.0)
     budget = 3 * t + 10 if max_iters is None else max_iters
     eye = jnp.eye(t, dtype=g.dtype)
     g_u = g @ u
@@ -117,7 +124,7 @@ def project_dual_cone(
         feasible = jnp.all(jnp.where(free, s > 0.0, True))
         # Feasible: accept s and free the bound variable with the most negative gradient.
         grad = g_u + g @ s
-        candidate = jnp.where(~free & (grad < -tolerance(s)), grad, jnp.inf)
+        candidate = jnp.where(~free & mask & (grad < -tolerance(s)), grad, jnp.inf)
         done = feasible & jnp.all(jnp.isinf(candidate))
         grown = free | (jnp.arange(t) == jnp.argmin(candidate)) & ~done
         # Infeasible: step from z towards s until a free variable hits its bound, bind it.

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mtljax.solvers._mask import restrict_gram, task_support
 from mtljax.solvers._simplex import normalize_gram
 
 _NUM_BACKTRACKS = 30
@@ -35,6 +36,7 @@ def alpha_fair_weights(
     init: jax.Array | None = None,
     max_iters: int = 20,
     tol: float | None = None,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """Solves ``G w = w^(−1/α)`` for ``w > 0`` (element-wise power) by damped Newton.
 
@@ -47,20 +49,25 @@ def alpha_fair_weights(
         ``w_t = G_tt^(−α/(1+α))``, the exact solution for orthogonal gradients.
       max_iters: Newton iteration budget.
       tol: stop when the squared Newton decrement (in normalised units) is below ``tol``;
-        defaults to ``10 · T · eps`` of the dtype.
+        defaults to ``10 · K · eps`` of the dtype (K present tasks).
+      mask: optional ``[T]`` bool support: the system of the present tasks only (absent rows
+        and columns of G, whatever they hold, are ignored; ``T`` in the ridge and the default
+        ``tol`` becomes K). Absent tasks get weight 0, like zero rows.
 
     Returns:
-      ``[T]`` non-negative weights (0 exactly on zero rows).
+      ``[T]`` non-negative weights (0 exactly on zero rows and absent tasks).
     """
-    g, scale = normalize_gram(gram)
-    dtype, t = g.dtype, g.shape[0]
+    mask = task_support(mask, gram.shape[0])
+    g, scale = normalize_gram(restrict_gram(gram, mask))
+    dtype = g.dtype
+    t = jnp.sum(mask).astype(dtype)
     eps = jnp.finfo(dtype).eps
-    tol = 10.0 * t * float(eps) if tol is None else tol
+    tol = 10.0 * t * eps if tol is None else tol
     power = 1.0 / alpha  # e, with h'(w) = w^(−e)
     back = 1.0 / (1.0 + power)  # α/(1+α): w = ŵ · s^(−back)
 
     diag = jnp.diagonal(g)
-    active = diag > eps**2
+    active = (diag > eps**2) & mask
     both = active[:, None] & active[None, :]
     # Zero rows become decoupled unit equations (solution 1), masked to 0 at the end.
     g = jnp.where(both, g, 0.0) + jnp.diag(jnp.where(active, t * eps, 1.0))
@@ -71,14 +78,18 @@ def alpha_fair_weights(
         return w ** (1.0 - power) / (1.0 - power)
 
     def objective(w):
-        return 0.5 * w @ g @ w - jnp.sum(h(w))
+        # Over the active rows only: the decoupled ones sit at their solution 1 and must not
+        # shift f (the Armijo slack is relative to |f|), so the present tasks' solve is the
+        # same whatever the number of absent or zero rows.
+        active_w = jnp.where(active, w, 0.0)
+        return 0.5 * active_w @ g @ active_w - jnp.sum(jnp.where(active, h(w), 0.0))
 
     cold = jnp.diagonal(g) ** (-back)
     if init is None:
         w0 = cold
     else:
         warm = init.astype(dtype) * scale**back
-        w0 = jnp.where(jnp.isfinite(warm) & (warm > 0), warm, cold)
+        w0 = jnp.where(jnp.isfinite(warm) & (warm > 0) & active, warm, cold)
 
     steps = 0.5 ** jnp.arange(_NUM_BACKTRACKS, dtype=dtype)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mtljax.solvers._mask import restrict_gram
+
 
 def default_rtol(gram: jax.Array) -> float:
     """``T · eps`` of the Gram matrix's dtype (``numpy.linalg.matrix_rank``'s rank tolerance)."""
@@ -17,18 +19,27 @@ def default_rtol(gram: jax.Array) -> float:
 
 
 def psd_eigh(
-    gram: jax.Array, *, rtol: float | None = None
+    gram: jax.Array, *, rtol: float | None = None, mask: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Eigenvalues (ascending), eigenvectors and the mask of the numerically non-zero ones.
 
     Args:
       gram: ``[T, T]`` symmetric positive semi-definite matrix.
       rtol: relative tolerance; eigenvalue ``λ_i`` is kept when ``λ_i > rtol · max(λ)``.
-        Defaults to :func:`default_rtol`. A zero matrix keeps nothing.
+        Defaults to :func:`default_rtol` (``K · eps`` under a mask with K present tasks). A
+        zero matrix keeps nothing.
+      mask: optional ``[T]`` bool: decompose the present tasks' block only. Absent rows and
+        columns are set to 0, which adds ``T − K`` zero eigenvalues that are never kept, so
+        the kept eigenpairs are those of the ``[K, K]`` block (eigenvectors 0 on the absent
+        tasks, up to round-off).
 
     Returns:
       ``(λ [T], V [T, T], keep [T] bool)`` with ``gram ≈ V diag(λ) Vᵀ``.
     """
+    if mask is not None:
+        gram = restrict_gram(gram, mask)
+        if rtol is None:
+            rtol = jnp.sum(mask) * jnp.finfo(gram.dtype).eps
     rtol = default_rtol(gram) if rtol is None else rtol
     lam, vec = jnp.linalg.eigh(0.5 * (gram + gram.T))
     keep = lam > rtol * jnp.max(lam)

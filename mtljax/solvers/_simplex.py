@@ -13,6 +13,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import cho_factor, cho_solve
 
+from mtljax.solvers._mask import restrict_gram, task_support
+
 
 def normalize_gram(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Returns ``(G / s, s)`` with ``s`` the largest diagonal entry (1 when G is zero).
@@ -31,6 +33,7 @@ def min_norm_simplex(
     *,
     max_iters: int | None = None,
     tol: float | None = None,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """Min-norm point of the convex hull of the rows of J, from ``G = J Jᵀ``.
 
@@ -52,11 +55,15 @@ def min_norm_simplex(
       gram: ``[T, T]`` positive semi-definite matrix.
       max_iters: budget of solves (``3T + 10`` by default); the result is on the simplex
         whenever the budget runs out.
-      tol: relative tolerance of the stopping test (see above); ``10 T eps`` of the dtype by
-        default (round-off level).
+      tol: relative tolerance of the stopping test (see above); ``10 K eps`` of the dtype by
+        default (round-off level; K the number of present tasks).
+      mask: optional ``[T]`` bool support: the hull of the present rows only (absent rows and
+        columns of G are ignored, whatever they hold); the result is the solve on the present
+        tasks' Gram matrix, with 0 on the absent ones. None: every task.
 
     Returns:
-      ``[T]`` weights on the simplex; uniform when G is zero.
+      ``[T]`` weights on the simplex (of the present tasks); uniform over the present tasks
+      when their Gram matrix is zero, all 0 when no task is present.
 
     Example:
       >>> import jax.numpy as jnp
@@ -67,11 +74,14 @@ def min_norm_simplex(
     References:
       Wolfe, "Finding the nearest point in a polytope", Math. Programming 11, 1976.
     """
+    t = gram.shape[0]
+    mask = task_support(mask, t)
+    gram = restrict_gram(gram, mask)
     g, _ = normalize_gram(gram)
-    t = g.shape[0]
     eps = jnp.finfo(g.dtype).eps
     budget = 3 * t + 10 if max_iters is None else max_iters
-    tol = 10 * t * eps if tol is None else tol
+    count = jnp.sum(mask).astype(g.dtype)
+    tol = 10 * count * eps if tol is None else tol
     diag = jnp.diagonal(g)
     # The stopping test of vertex t is scaled by ‖g_t‖ (normalised): the round-off of (G w)_t is
     # proportional to it, and it keeps the gradients many decades smaller than the largest one
@@ -108,7 +118,7 @@ def min_norm_simplex(
         inside = jnp.all(jnp.where(corral, v > 0.0, True))
         # Inside: x = v, then add the vertex that most violates the optimality test.
         gv = g @ v
-        violation = jnp.where(~corral & (gv < v @ gv - slack), gv, jnp.inf)
+        violation = jnp.where(~corral & mask & (gv < v @ gv - slack), gv, jnp.inf)
         optimal = jnp.all(jnp.isinf(violation))
         grown = corral | (jnp.arange(t) == jnp.argmin(violation)) & ~optimal
         # Outside: move from w towards v until a weight of the corral reaches 0, drop it.
@@ -126,19 +136,29 @@ def min_norm_simplex(
         corral = jnp.where(finite, new_corral, corral)
         return i + 1, corral, w, (inside & optimal) | ~finite
 
-    first = jnp.argmin(jnp.diagonal(g))
+    first = jnp.argmin(jnp.where(mask, diag, jnp.inf))
     start = (0, jnp.arange(t) == first, jax.nn.one_hot(first, t, dtype=g.dtype), jnp.array(False))
     _, _, w, _ = lax.while_loop(cond, body, start)
     zero = jnp.max(jnp.diagonal(gram)) <= jnp.finfo(g.dtype).tiny
-    return jnp.where(zero, jnp.full((t,), 1.0 / t, g.dtype), w)
+    uniform = jnp.where(mask, 1.0 / jnp.maximum(count, 1.0), 0.0)
+    return jnp.where(zero, uniform, jnp.where(mask, w, 0.0))
 
 
-def project_simplex(v: jax.Array, radius: float = 1.0) -> jax.Array:
-    """Euclidean projection of ``v`` onto ``{w ≥ 0, Σ w = radius}`` (sort-based, O(T log T))."""
+def project_simplex(
+    v: jax.Array, radius: float = 1.0, *, mask: jax.Array | None = None
+) -> jax.Array:
+    """Euclidean projection of ``v`` onto ``{w ≥ 0, Σ w = radius}`` (sort-based, O(T log T)).
+
+    With a ``[T]`` bool ``mask`` the simplex is that of the present entries (absent entries of
+    ``v`` are ignored and set to 0): the projection of the present entries alone. No present
+    entry gives all 0.
+    """
     t = v.shape[0]
-    u = jnp.sort(v)[::-1]
-    css = jnp.cumsum(u) - radius
+    mask = task_support(mask, t)
+    # Absent entries sort last (-inf) and are never counted in the threshold.
+    u = jnp.sort(jnp.where(mask, v, -jnp.inf))[::-1]
+    css = jnp.cumsum(jnp.where(jnp.isfinite(u), u, 0.0)) - radius
     idx = jnp.arange(1, t + 1, dtype=v.dtype)
     rho = jnp.max(jnp.where(u - css / idx > 0, jnp.arange(t), 0))
     theta = css[rho] / (rho + 1).astype(v.dtype)
-    return jnp.maximum(v - theta, 0.0)
+    return jnp.where(mask, jnp.maximum(v - theta, 0.0), 0.0)

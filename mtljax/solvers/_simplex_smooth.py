@@ -25,6 +25,7 @@ def minimize_on_simplex(
     max_iters: int = 500,
     tol: float = 1e-7,
     num_backtracks: int = 24,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """``argmin_{w ∈ Δ} f(w)`` for a convex, differentiable, T-sized ``f``.
 
@@ -38,9 +39,13 @@ def minimize_on_simplex(
       max_iters: iteration budget.
       tol: tolerance on the gradient-mapping norm.
       num_backtracks: candidate Lipschitz constants per iteration (``L/2 … L·2^(n−2)``).
+      mask: optional ``[T]`` bool support: minimise over the simplex of the present entries
+        (``init`` should lie on it; absent entries stay 0). ``f`` must not let the absent
+        entries' partial derivatives reach the present ones (true for ``f`` built from a
+        Gram matrix restricted to the present tasks).
 
     Returns:
-      ``[T]`` point of the simplex.
+      ``[T]`` point of the simplex (of the present entries).
     """
     dtype = init.dtype
     value_and_grad = jax.value_and_grad(fun)
@@ -55,7 +60,7 @@ def minimize_on_simplex(
         i, x, y, momentum, lipschitz, _ = carry
         fy, gy = value_and_grad(y)
         lips = lipschitz * factors
-        xs = jax.vmap(lambda lip: project_simplex(y - gy / lip))(lips)
+        xs = jax.vmap(lambda lip: project_simplex(y - gy / lip, mask=mask))(lips)
         fxs = jax.vmap(fun)(xs)
         diffs = xs - y
         model = fy + diffs @ gy + 0.5 * lips * jnp.sum(diffs**2, axis=1)
@@ -68,7 +73,7 @@ def minimize_on_simplex(
         m_new = jnp.where(restart, 1.0, 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * momentum**2)))
         beta = jnp.where(restart, 0.0, (momentum - 1.0) / m_new)
         # Extrapolated points are projected back: f need not be defined off the simplex.
-        y_new = project_simplex(x_new + beta * (x_new - x))
+        y_new = project_simplex(x_new + beta * (x_new - x), mask=mask)
         return i + 1, x_new, y_new, m_new.astype(dtype), lip_new, gap
 
     one = jnp.ones((), dtype)

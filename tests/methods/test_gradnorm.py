@@ -122,16 +122,24 @@ def test_layer_selection():
 
 
 def test_alpha_zero_equalises_norms():
-    """With α = 0 and fixed gradients, the weighted norms w_t ‖g_t‖ become equal."""
-    jac = jnp.diag(jnp.array([1.0, 4.0, 0.5]))
+    """With α = 0 and fixed gradients, 400 SGD steps follow the paper's update exactly (NumPy
+    reference, float64) and bring the weighted norms w_t ‖g_t‖ closer to equal.
+
+    The sign-based update oscillates around equality rather than converging (the spread is 0.03
+    after 400 steps, 0.13 after 2000), so the test compares with the reference trajectory, and
+    checks the spread only against its starting value.
+    """
+    norms = np.array([1.0, 4.0, 0.5])
+    jac = jnp.diag(jnp.asarray(norms, jnp.float64))
     method = mtljax.get_method("gradnorm", 3, alpha=0.0, optimizer=optax.sgd(0.01))
-    state = method.init(jnp.zeros(3))
-    step = jax.jit(lambda s: method.apply(jac, s, task_losses=jnp.ones(3)).state)
+    state = method.init(jnp.zeros(3, jnp.float64))
+    step = jax.jit(lambda s: method.apply(jac, s, task_losses=jnp.ones(3, jnp.float64)).state)
     for _ in range(400):
         state = step(state)
-    np.testing.assert_allclose(
-        state.weights * jnp.array([1.0, 4.0, 0.5]), np.full(3, 3 / (1 + 0.25 + 2)), rtol=0.05
-    )
+    _, ref_w = np_gradnorm([norms] * 400, [np.ones(3)] * 400, 0.0, lambda x, g: x - 0.01 * g)
+    np.testing.assert_allclose(state.weights, ref_w, **tol(jnp.float64))
+    spread = lambda w: np.ptp(w * norms) / np.mean(w * norms)  # noqa: E731
+    assert spread(np.asarray(state.weights)) < 0.1 * spread(np.ones(3))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

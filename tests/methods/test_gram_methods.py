@@ -336,7 +336,7 @@ def test_jit_keeps_dtype_and_matches_eager(name, dtype):
 
 @pytest.mark.parametrize(
     ("name", "hparams"),
-    [("cagrad", {"c": -1.0}), ("cagrad", {"rescale": 3}), ("nash_mtl", {"optim_niter": 0}),
+    [("cagrad", {"c": -1.0}), ("cagrad", {"rescale": 3}), ("nash_mtl", {"max_iters": 0}),
      ("nash_mtl", {"update_weights_every": 0}), ("fairgrad", {"alpha": 0.0}),
      ("aligned_mtl", {"scale": "max"}), ("aligned_mtl", {"reduction": "prod"}),
      ("imtl", {"lr": 0.0})],

@@ -188,7 +188,7 @@ def test_imtl_l_golden(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_famo_same_batch_golden(dtype):
     after_seq = LOSS_SEQ * 0.9 + np.array([0.0, 0.05, -0.02])
-    method = mtljax.get_method("famo", 3, lr=0.1, gamma=0.01, min_loss=0.1, dtype=dtype)
+    method = mtljax.get_method("famo", 3, lr=0.1, weight_decay=0.01, min_loss=0.1, dtype=dtype)
     w, state = run_weights(method, LOSS_SEQ, dtype, after_seq=after_seq)
     adam, xi, ref = np_adam(0.1, weight_decay=0.01), np.zeros(3), []
     for before, after in zip(LOSS_SEQ, after_seq, strict=True):

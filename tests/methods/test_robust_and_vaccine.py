@@ -102,7 +102,7 @@ def test_gradvac_matches_paper_over_steps(num_tasks, dtype):
     targets, state = np.zeros((num_tasks, num_tasks)), None
     adjusted = 0
     for jac in gradvac_jacobians(num_tasks, num_tasks, steps=6):
-        weights, update, state = run("gradvac", jac, dtype, state, beta=beta)
+        weights, update, state = run("gradvac", jac, dtype, state, ema_rate=beta)
         got_targets = np.asarray(state.targets, np.float64)
         ref_w, new_targets = np_gradvac_step(jac, targets, got_targets, beta)
         cosines = (jac @ jac.T) / np.outer(*2 * [np.linalg.norm(jac, axis=1)])
@@ -118,7 +118,7 @@ def test_gradvac_matches_paper_over_steps(num_tasks, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gradvac_first_step_is_pcgrad_at_two_tasks(dtype):
     jac = np.array([[2.0, 1.0, 0.0, 0.5, 0.0], [-1.0, 1.0, 1.0, 0.0, -0.5]])
-    _, update, _ = run("gradvac", jac, dtype, beta=0.5)
+    _, update, _ = run("gradvac", jac, dtype, ema_rate=0.5)
     g1, g2 = jac
     ref = g1 - (g1 @ g2) / (g2 @ g2) * g2 + g2 - (g1 @ g2) / (g1 @ g1) * g1
     np.testing.assert_allclose(update, ref, **tol(dtype))

@@ -79,7 +79,7 @@ DTYPES = [jnp.float32, jnp.float64]
 # --- MoCo ---------------------------------------------------------------------------------
 
 
-def np_moco(js, losses, beta=0.5, beta_sigma=0.5, gamma=0.1, gamma_sigma=0.5, rho=0.0,
+def np_moco(js, losses, ema_rate=0.5, ema_rate_sigma=0.5, gamma=0.1, gamma_sigma=0.5, rho=0.0,
             normalization="none", simplex_map="projection"):
     num_tasks = js[0].shape[0]
     y = np.zeros_like(js[0])
@@ -87,7 +87,7 @@ def np_moco(js, losses, beta=0.5, beta_sigma=0.5, gamma=0.1, gamma_sigma=0.5, rh
     for k, j in enumerate(js, start=1):
         if normalization == "loss":
             j = j / (np.linalg.norm(j, axis=1, keepdims=True) + 1e-8) * losses[k - 1][:, None]
-        y = y - beta / k**beta_sigma * (y - j)
+        y = y - ema_rate / k**ema_rate_sigma * (y - j)
         v = lam - gamma / k**gamma_sigma * (y @ y.T + rho * np.eye(num_tasks)) @ lam
         lam = np.exp(v) / np.exp(v).sum() if simplex_map == "softmax" else np_project_simplex(v)
     return lam, y.T @ lam
@@ -96,7 +96,7 @@ def np_moco(js, losses, beta=0.5, beta_sigma=0.5, gamma=0.1, gamma_sigma=0.5, rh
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "hparams",
-    [{}, {"gamma": 0.5, "rho": 0.1, "beta_sigma": 0.0}, {"normalization": "loss",
+    [{}, {"gamma": 0.5, "rho": 0.1, "ema_rate_sigma": 0.0}, {"normalization": "loss",
                                                            "simplex_map": "softmax"}],
 )
 def test_moco_matches_reference(dtype, hparams):
@@ -111,14 +111,14 @@ def test_moco_matches_reference(dtype, hparams):
 # --- SDMGrad ------------------------------------------------------------------------------
 
 
-def np_sdmgrad(js, extras, lamda=0.3, niter=20, lr=5.0, momentum=0.0):
+def np_sdmgrad(js, extras, lamda=0.3, max_iters=20, lr=5.0, momentum=0.0):
     num_tasks = js[0].shape[0]
     w = np.full(num_tasks, 1.0 / num_tasks)
     for xi, xi_prime in extras:
         c = xi @ xi_prime.T
         c = c / np.mean(np.sqrt(np.clip(np.diag(c), 0.0, None))) ** 2
         v = np.zeros(num_tasks)
-        for _ in range(niter):
+        for _ in range(max_iters):
             v = momentum * v + c @ (w + lamda / num_tasks)
             w = np_project_simplex(w - lr * v)
         weights = (w + lamda / num_tasks) / (1.0 + lamda)
@@ -126,7 +126,9 @@ def np_sdmgrad(js, extras, lamda=0.3, niter=20, lr=5.0, momentum=0.0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("hparams", [{}, {"lamda": 0.0, "momentum": 0.5, "lr": 1.0, "niter": 7}])
+@pytest.mark.parametrize(
+    "hparams", [{}, {"lamda": 0.0, "momentum": 0.5, "lr": 1.0, "max_iters": 7}]
+)
 def test_sdmgrad_matches_reference(dtype, hparams):
     js = jacobians(1)
     extras = noisy_copies(js, seed=10)
@@ -141,7 +143,7 @@ def test_sdmgrad_zero_lamda_is_mgda_on_exact_gradients():
     # With ξ = ξ' = ζ the inner problem is MGDA's dual: enough iterations reach its solution,
     # the (unique) min-norm point of the convex hull of the gradients.
     j = jacobians(2, steps=1)[0]
-    _, update = run_method("sdmgrad", jnp.float64, [j], extra=[(j, j)], lamda=0.0, niter=3000,
+    _, update = run_method("sdmgrad", jnp.float64, [j], extra=[(j, j)], lamda=0.0, max_iters=3000,
                            lr=0.2)
     gram = j @ j.T
     ref = minimize(lambda w: w @ gram @ w, np.full(T, 1.0 / T), jac=lambda w: 2 * gram @ w,
@@ -289,7 +291,7 @@ def test_cr_mogm_rejects_bases_without_weights(monkeypatch):
     def no_weights(j, s, p=None, **kw):
         return MethodOutput(inner.apply(j, s, p, **kw).updates, s, None)
 
-    fake = mtljax.methods.Method(inner.init, no_weights, name="fake", num_tasks=T)
+    fake = mtljax.methods.gradient_transform("fake", T, inner.init, no_weights)
     monkeypatch.setattr(_cr_mogm, "get_method", lambda *a, **k: fake)
     method = _cr_mogm.cr_mogm(T, base="fake")
     j = as_tree(jacobians(0)[0], jnp.float32)
@@ -381,10 +383,10 @@ def test_db_mtl_needs_losses():
 @pytest.mark.parametrize(
     ("name", "hparams"),
     [
-        ("moco", {"beta": 0.0}),
+        ("moco", {"ema_rate": 0.0}),
         ("moco", {"simplex_map": "exp"}),
         ("sdmgrad", {"lamda": -1.0}),
-        ("sdmgrad", {"niter": 2.5}),
+        ("sdmgrad", {"max_iters": 2.5}),
         ("modo", {"gamma": 0.0}),
         ("db_mtl", {"beta": 1.0}),
         ("excess_mtl", {"robust_step_size": -1.0}),
