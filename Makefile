@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python experiments/benchmark.py
+
+# Plants curated bugs in a copy of the repo and checks the tests catch each (~10 min; not in CI).
+mutate: $(STAMP)
+	$(BIN)/python experiments/mutate.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -114,8 +114,8 @@ class Method:
         the train step uses it unless told otherwise.
       num_batches: independent mini-batches a step needs (SDMGrad, MoDo: 3). The extra
         batches' per-task gradients arrive as ``extra_per_task_grads=(J_2, ...)``.
-      after_step: optional ``(state, *, task_losses_after) -> state`` called by the train
-        step with the losses at the updated parameters on the same batch (FAMO).
+      after_step: optional ``(state, *, task_losses_after, task_mask=None) -> state`` called by
+        the train step with the losses at the updated parameters on the same batch (FAMO).
     """
 
     name: str
