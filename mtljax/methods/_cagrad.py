@@ -86,7 +86,10 @@ def cagrad(
 
         w = minimize_on_simplex(dual, mean, max_iters=max_iters, tol=tol, mask=mask)
         gw_sq = jnp.clip(w @ g @ w, 0.0)
-        defined = gw_sq > count * eps
+        # Round-off of wᵀGw is eps (Σ_t w_t ‖g_t‖)² (times K): relative to it, not to the
+        # largest gradient, so that g_w* made of gradients decades shorter stays defined.
+        reach = w @ jnp.sqrt(jnp.clip(jnp.diagonal(g), 0.0))
+        defined = gw_sq > count * eps * reach**2
         coef = jnp.where(defined, radius / jnp.sqrt(jnp.where(defined, gw_sq, 1.0)), 0.0)
         return (mean + coef * w) / divisor, state
 

@@ -12,8 +12,13 @@ mapped back with ``w = ŵ · s^(−α/(1+α))``, which is exact because the syst
 Degenerate Gram matrices: rows with ``G_tt ≤ eps² · max_t G_tt`` (zero gradients, up to
 round-off) get weight 0 and leave the system. When ``G`` has a positive null vector (e.g. two
 exactly opposite gradients) the system has no solution (``f`` is unbounded below); a ridge
-``T · eps · s · I`` keeps ``f`` bounded, so the weights stay finite (of order ``1/sqrt(T eps)``
-in normalised units) and ``Jᵀ w`` is ≈ 0 along the cancelling directions.
+``10 · T · eps · G_tt`` on each active row keeps ``f`` bounded (``G`` plus a positive diagonal
+is positive definite), so the weights stay finite (``1/(‖g_t‖ sqrt(10 T eps))`` for two
+opposite rows) and ``Jᵀ w`` is ≈ 0 along the cancelling directions. It is ten times the
+round-off of ``G`` (``T eps G_tt`` per row): a smaller ridge leaves the cancelling component of
+the weights to round-off. It is per row, not relative to ``s``: a ridge ``T · eps · s`` biased
+rows with ``G_tt`` near ``T eps s`` by O(1); this one shifts equation t by
+``10 T eps G_tt w_t^(1+1/α)``, ``10 T eps`` for orthogonal rows.
 """
 
 from __future__ import annotations
@@ -69,8 +74,10 @@ def alpha_fair_weights(
     diag = jnp.diagonal(g)
     active = (diag > eps**2) & mask
     both = active[:, None] & active[None, :]
-    # Zero rows become decoupled unit equations (solution 1), masked to 0 at the end.
-    g = jnp.where(both, g, 0.0) + jnp.diag(jnp.where(active, t * eps, 1.0))
+    # Zero rows become decoupled unit equations (solution 1), masked to 0 at the end. The
+    # ridge is relative to each row (see the module docstring).
+    ridge = 10.0 * t * eps * diag
+    g = jnp.where(both, g, 0.0) + jnp.diag(jnp.where(active, ridge, 1.0))
 
     def h(w):
         if alpha == 1.0:
