@@ -24,7 +24,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python experiments/benchmark.py
 
-# Plants curated bugs in a copy of the repo and checks the tests catch each (~10 min; not in CI).
+# Plants curated bugs in a copy of the repo and checks the tests catch each (~2 min; not in CI).
 mutate: $(STAMP)
 	$(BIN)/python experiments/mutate.py
 

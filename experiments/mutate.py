@@ -9,7 +9,7 @@ and restores the file. It prints a caught/missed table.
 
 Command (from the repository root; not part of CI)::
 
-    .venv/bin/python experiments/mutate.py            # every mutant, ~10 minutes on 2 cores
+    .venv/bin/python experiments/mutate.py            # every mutant, ~2 minutes on 2 idle cores
     .venv/bin/python experiments/mutate.py --list     # the mutants and their anchors
     .venv/bin/python experiments/mutate.py --only mgda_corral_pivot checkpoint_string_sort
 
