@@ -6,7 +6,8 @@ it to T-sized quantities through these functions and never touches P-sized data 
 * ``gram(J) = J Jᵀ``  (``[T, T]``), accumulated leaf by leaf with no flattening copy
   (``gram_of_columns`` for a Jacobian stored task-last);
 * ``combine(J, w) = Jᵀ w``  (a pytree shaped like one task's gradient; ``combine_columns``
-  for a Jacobian stored task-last).
+  for a Jacobian stored task-last);
+* ``zero_rows(J, keep)``: the rows of absent or non-finite tasks set to 0 (by ``where``).
 
 Gram matrices are computed in at least float32 (bf16 Jacobians give float32 Grams), so that
 the T×T solves downstream are well conditioned under mixed precision.
@@ -128,3 +129,15 @@ def dots(per_task, direction) -> jax.Array:
         for leaf, d in zip(jax.tree.leaves(per_task), jax.tree.leaves(direction), strict=True)
     ]
     return sum(parts[1:], parts[0])
+
+
+def zero_rows(per_task, keep: jax.Array):
+    """``per_task`` with the rows (leading task axis) where ``keep`` is false set to 0.
+
+    ``where``, not a product: a dropped row holding NaN or Inf must not leak (``0 · NaN``).
+    """
+
+    def one(x):
+        return jnp.where(keep.reshape((-1,) + (1,) * (x.ndim - 1)), x, jnp.zeros_like(x))
+
+    return jax.tree.map(one, per_task)

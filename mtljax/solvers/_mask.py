@@ -26,6 +26,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mtljax import linalg
+
 
 def task_support(task_mask, num_tasks: int) -> jax.Array:
     """``task_mask`` as a ``[T]`` bool array; all True when it is None (every task present).
@@ -125,4 +127,4 @@ def drop_absent(per_task: Any, task_mask) -> Any:
     if task_mask is None:
         return per_task
     mask = task_support(task_mask, jnp.shape(jax.tree.leaves(per_task)[0])[0])
-    return jax.tree.map(lambda leaf: jnp.where(_rows(mask, leaf), leaf, 0), per_task)
+    return linalg.zero_rows(per_task, mask)

@@ -186,7 +186,7 @@ def task_sharded_engine(ctx: StepContext, method_state, params, batches) -> Engi
     status = st.task_status(ctx, finite, present)
     if st.needs_row_masks(ctx, present):
         keep = collectives.local_task_slice(st.kept_rows(status, finite), axis)
-        shared, heads = st.mask_rows(shared, keep), st.mask_rows(heads, keep)
+        shared, heads = linalg.zero_rows(shared, keep), linalg.zero_rows(heads, keep)
     gram = collectives.ring_gram(shared, axis)[:num_tasks, :num_tasks]
     weights, method_state = t_sized_weights(ctx, method_state, losses, status, gram)
 

@@ -82,15 +82,6 @@ def row_finite(tree, size: int) -> jax.Array:
     return jnp.stack(parts).all(0) if parts else jnp.ones((size,), bool)
 
 
-def mask_rows(tree, keep: jax.Array):
-    """Zeroes the rows (leading axis) of every leaf where ``keep`` is false."""
-
-    def one(x):
-        return jnp.where(keep.reshape((-1,) + (1,) * (x.ndim - 1)), x, jnp.zeros_like(x))
-
-    return jax.tree.map(one, tree)
-
-
 def mask_columns(tree, keep: jax.Array):
     """Zeroes the task columns (trailing axis) of every leaf where ``keep`` is false."""
     return jax.tree.map(lambda x: jnp.where(keep, x, jnp.zeros_like(x)), tree)

@@ -42,8 +42,8 @@ class TaskJacobian(NamedTuple):
     def masked(self, keep: jax.Array) -> TaskJacobian:
         """The Jacobian with the rows where ``keep`` is false set to zero."""
         return TaskJacobian(
-            None if self.shared is None else st.mask_rows(self.shared, keep),
-            st.mask_rows(self.heads, keep),
+            None if self.shared is None else linalg.zero_rows(self.shared, keep),
+            linalg.zero_rows(self.heads, keep),
             None if self.columns is None else st.mask_columns(self.columns, keep),
         )
 
