@@ -99,7 +99,7 @@ def main(argv=None) -> None:
     try:
         from mtljax.plots import plot_comparison
     except ImportError:
-        print("matplotlib is not installed: no plot.")
+        print("No plot: matplotlib is not installed (`pip install -e '.[plots]'` here).")
     else:
         curves = {
             label: read_jsonl(os.path.join(args.workdir, label, "metrics.jsonl")) for label in runs

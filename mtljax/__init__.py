@@ -4,6 +4,7 @@ The public API is re-exported here flat; see the README for a tour.
 """
 
 from mtljax import methods
+from mtljax._version import __version__
 from mtljax.aggregate import aggregate
 from mtljax.diagnostics import gram_diagnostics
 from mtljax.jacobian import per_task_gradients
@@ -27,6 +28,7 @@ __all__ = [
     "Task",
     "Tasks",
     "TrainState",
+    "__version__",
     "aggregate",
     "combine",
     "cosine_matrix",

@@ -32,6 +32,16 @@ In both, the JSON object gains a ``"_leaves"`` entry: each leaf's path
 (``jax.tree_util.keystr``), dtype, shape and PRNG key implementation, which a restore checks
 against its target before reading any array.
 
+Integrity: the last act of a save writes ``<step>/checksums.json`` (atomically), the size and
+SHA-256 digest of every other file of the step. A restore first checks them; a step whose
+files are missing, cut short or changed, or that cannot be read, is *corrupt*. Without an
+explicit ``step``, :meth:`Checkpointer.restore` then walks down to the newest intact step and
+warns once per corrupt step (:class:`CorruptCheckpointWarning`); with none intact it raises
+:class:`CorruptCheckpointError`. A checkpoint that is intact but does not fit the target (or
+the caller's ``check``) is a user error, not corruption: it raises
+:class:`CheckpointMismatchError` at once. Checkpoints of mtljax < 0.4 have no checksums: they
+are read unverified, and count as corrupt only when reading them fails.
+
 ``"auto"`` (the default) keeps the format of the checkpoints already in ``directory``, else
 uses orbax when it imports and npz otherwise: orbax-checkpoint 0.12.8 on jax 0.10.2 (CPU)
 round-trips typed PRNG keys, NNX states and optax states when restored into an abstract
@@ -40,16 +50,18 @@ restore *into a target* (the freshly initialised state), so the restored state h
 target's NamedTuple and NNX types.
 
 A killed save leaves at most a temporary folder (a name that is not an integer), which
-:meth:`Checkpointer.steps` ignores; a step folder exists only once complete.
+:meth:`Checkpointer.steps` ignores and the next save removes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -58,7 +70,32 @@ import numpy as np
 BACKENDS = ("auto", "orbax", "npz")
 _NPZ = "arrays.npz"
 _META = "meta.json"
+_CHECKSUMS = "checksums.json"
+_ORBAX_MARKS = ("_CHECKPOINT_METADATA", "arrays", "meta")  # what an orbax step folder holds
 _LEAVES = "_leaves"  # the meta key describing the saved arrays
+_TMP = ".tmp-"  # prefix of the folders of unfinished saves and of replaced steps
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint step (or every step of a directory) is damaged or unreadable.
+
+    Attributes:
+      directory: the checkpoint directory.
+      reasons: ``{step: reason}`` for each corrupt step that was tried, newest first.
+    """
+
+    def __init__(self, message: str, directory: str, reasons: Mapping[int, str]):
+        super().__init__(message)
+        self.directory = directory
+        self.reasons = dict(reasons)
+
+
+class CheckpointMismatchError(ValueError):
+    """An intact checkpoint that does not fit the restore target (or the caller's check)."""
+
+
+class CorruptCheckpointWarning(UserWarning):
+    """A corrupt checkpoint step was skipped in favour of an older intact one."""
 
 
 def orbax_available() -> bool:
@@ -80,6 +117,72 @@ def _fsync(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _one_line(error: BaseException) -> str:
+    """``"<Type>: <first line of the message>"``, at most 200 characters."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _digests(folder: str) -> dict[str, dict]:
+    """``{relative path: {"bytes": size, "sha256": hex digest}}`` of every file in ``folder``
+    except the checksum file itself, in sorted order."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder).replace(os.sep, "/")
+            if rel == _CHECKSUMS:
+                continue
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            found[rel] = {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+    return dict(sorted(found.items()))
+
+
+def _write_checksums(folder: str) -> None:
+    """Writes ``folder/checksums.json`` atomically (a fsync-ed temporary file, then a rename)."""
+    record = {"algorithm": "sha256", "files": _digests(folder)}
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP}{_CHECKSUMS}-", dir=folder)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=0)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(folder, _CHECKSUMS))
+    _fsync(folder)
+
+
+def _verify(folder: str) -> str | None:
+    """Why ``folder``'s files differ from its ``checksums.json``; ``None`` when they match or
+    when there is no checksum file (a checkpoint of mtljax < 0.4, read unverified)."""
+    if not any(files for _, _, files in os.walk(folder)):
+        return "the step folder is empty"
+    path = os.path.join(folder, _CHECKSUMS)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            expected = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"{_CHECKSUMS} is unreadable: {_one_line(error)}"
+    found = _digests(folder)
+    for rel, want in expected.items():
+        got = found.get(rel)
+        if got is None:
+            return f"{rel} is missing"
+        if got["bytes"] != want["bytes"]:
+            return f"{rel} has {got['bytes']} bytes, {want['bytes']} were saved"
+        if got["sha256"] != want["sha256"]:
+            return f"{rel} does not match its SHA-256 checksum"
+    return None
+
+
+class _Corrupt(Exception):
+    """Internal: the step being read is damaged; the message is the one-line reason."""
 
 
 class Checkpointer:
@@ -106,7 +209,7 @@ class Checkpointer:
             raise ValueError(f"keep must be a positive integer, got {keep}.")
         self.directory = os.path.abspath(os.fspath(directory))
         self.keep = int(keep)
-        existing = {self._format(s) for s in self.steps()}
+        existing = {self._format(s) for s in self.steps()} - {None}
         if len(existing) > 1:
             raise ValueError(f"{self.directory} mixes orbax and npz checkpoints.")
         if backend == "auto":
@@ -117,14 +220,14 @@ class Checkpointer:
             )
         if backend == "orbax" and not orbax_available():
             raise ValueError(
-                "The orbax format needs orbax-checkpoint (pip install 'mtljax[ckpt]'); "
-                'use backend="npz" otherwise.'
+                "The orbax format needs orbax-checkpoint (pip install -e '.[ckpt]' in the "
+                'repository); use backend="npz" otherwise.'
             )
         self.backend = backend
         self._manager = None
 
     def steps(self) -> list[int]:
-        """The steps with a complete checkpoint, ascending."""
+        """The steps that have a step folder, ascending (a corrupt step included)."""
         if not os.path.isdir(self.directory):
             return []
         return sorted(
@@ -138,9 +241,17 @@ class Checkpointer:
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def _format(self, step: int) -> str:
-        path = os.path.join(self.directory, str(step), _NPZ)
-        return "npz" if os.path.exists(path) else "orbax"
+    def _folder(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def _format(self, step: int) -> str | None:
+        """``"npz"``, ``"orbax"``, or ``None`` for a folder that holds neither."""
+        folder = self._folder(step)
+        if any(os.path.exists(os.path.join(folder, name)) for name in (_NPZ, _META)):
+            return "npz"
+        if any(os.path.exists(os.path.join(folder, name)) for name in _ORBAX_MARKS):
+            return "orbax"
+        return None
 
     def _orbax(self):
         if self._manager is None:
@@ -155,37 +266,47 @@ class Checkpointer:
     def save(self, step: int, arrays: Any, meta: Mapping[str, Any]) -> None:
         """Writes ``arrays`` (a pytree of arrays) and ``meta`` (JSON-able) as ``step``.
 
-        The call returns once the checkpoint is complete on disk. ``meta`` may hold NaN and
-        ±Inf floats (written as JSON's ``NaN``/``Infinity`` extension, read back by Python).
+        The call returns once the checkpoint and its checksums are complete on disk. ``meta``
+        may hold NaN and ±Inf floats (written as JSON's ``NaN``/``Infinity`` extension, read
+        back by Python). An existing folder of ``step`` (e.g. a corrupt step that a resumed run
+        reaches again) is replaced.
         """
         step = int(step)
         if _LEAVES in meta:
             raise ValueError(f"meta may not use the key {_LEAVES!r} (reserved).")
         meta = {**meta, _LEAVES: _describe(arrays)}
+        os.makedirs(self.directory, exist_ok=True)
+        for name in os.listdir(self.directory):
+            if name.startswith(_TMP):  # left behind by a killed save, or a replaced step
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
         if self.backend == "orbax":
-            import orbax.checkpoint as ocp
-
-            manager = self._orbax()
-            args = ocp.args.Composite(
-                arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)
-            )
-            manager.save(step, args=args, force=True)
-            manager.wait_until_finished()
+            self._save_orbax(step, arrays, meta)
             return
         self._save_npz(step, arrays, meta)
         for old in self.steps()[: -self.keep]:
-            shutil.rmtree(os.path.join(self.directory, str(old)))
+            shutil.rmtree(self._folder(old))
+
+    def _save_orbax(self, step: int, arrays: Any, meta: dict) -> None:
+        import orbax.checkpoint as ocp
+
+        if os.path.exists(self._folder(step)):  # orbax refuses to overwrite a step
+            self._move_aside(step)
+            self._orbax().reload()
+        manager = self._orbax()
+        args = ocp.args.Composite(
+            arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)
+        )
+        manager.save(step, args=args, force=True)
+        manager.wait_until_finished()
+        if jax.process_index() == 0:  # orbax's primary host writes the step's metadata too
+            _write_checksums(self._folder(step))
 
     def _save_npz(self, step: int, arrays: Any, meta: dict) -> None:
-        os.makedirs(self.directory, exist_ok=True)
-        for name in os.listdir(self.directory):
-            if name.startswith(".tmp-"):  # left behind by a killed save
-                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
         host = {
             f"leaf_{i}": np.asarray(jax.device_get(jax.random.key_data(x) if _is_key(x) else x))
             for i, x in enumerate(jax.tree.leaves(arrays))
         }
-        tmp = tempfile.mkdtemp(prefix=f".tmp-{step}-", dir=self.directory)
+        tmp = tempfile.mkdtemp(prefix=f"{_TMP}{step}-", dir=self.directory)
         with open(os.path.join(tmp, _NPZ), "wb") as f:
             np.savez(f, **host)
             f.flush()
@@ -194,19 +315,40 @@ class Checkpointer:
             json.dump(meta, f)
             f.flush()
             os.fsync(f.fileno())
-        final = os.path.join(self.directory, str(step))
-        if os.path.exists(final):  # re-saving a step: move the old one aside first
-            os.replace(final, tempfile.mkdtemp(prefix=f".tmp-{step}-old-", dir=self.directory))
-        os.replace(tmp, final)
+        _write_checksums(tmp)
+        if os.path.exists(self._folder(step)):
+            self._move_aside(step)
+        os.replace(tmp, self._folder(step))
         _fsync(self.directory)
 
-    def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict]:
-        """Reads checkpoint ``step`` (default: the latest) into the structure of ``target``.
+    def _move_aside(self, step: int) -> None:
+        """Renames the folder of ``step`` to a temporary name, removed by the next save."""
+        aside = tempfile.mkdtemp(prefix=f"{_TMP}{step}-old-", dir=self.directory)
+        os.replace(self._folder(step), aside)
+
+    def restore(
+        self,
+        target: Any,
+        step: int | None = None,
+        *,
+        check: Callable[[dict], None] | None = None,
+    ) -> tuple[Any, dict]:
+        """Reads checkpoint ``step`` (default: the newest intact one) into ``target``'s structure.
+
+        A step is corrupt when its files differ from its checksums or cannot be read (see the
+        module docstring). Without ``step``, a corrupt step is skipped for the next older one,
+        with one :class:`CorruptCheckpointWarning` per skipped step::
+
+          checkpoint step 40 in runs/md/checkpoints is corrupt (arrays.npz has 812 bytes,
+          2348 were saved); resuming from step 30
 
         Args:
           target: a pytree like the saved one (e.g. the freshly initialised state); only its
             structure, shapes, dtypes and PRNG key implementations are used.
-          step: the step to read; the latest by default.
+          step: the step to read; by default the newest intact one.
+          check: called with the saved JSON object before any array is read, to refuse a
+            checkpoint that is intact but unsuitable (e.g. saved with another config) by
+            raising; its exception propagates, there is no fallback.
 
         Returns:
           ``(arrays, meta)``: the saved arrays with ``target``'s tree structure (typed PRNG keys
@@ -214,25 +356,88 @@ class Checkpointer:
 
         Raises:
           FileNotFoundError: no checkpoint (at ``step``).
-          ValueError: the checkpoint does not match ``target``.
+          CorruptCheckpointError: the given ``step``, or every step, is corrupt (a
+            ``ValueError``).
+          CheckpointMismatchError: the checkpoint read does not fit ``target`` (a
+            ``ValueError``).
         """
-        step = self.latest_step() if step is None else int(step)
-        if step is None or step not in self.steps():
+        steps = self.steps()
+        if step is not None and int(step) not in steps or not steps:
             raise FileNotFoundError(
                 f"No checkpoint {'' if step is None else step} in {self.directory}."
             )
-        npz = self._format(step) == "npz"
-        if not npz and not orbax_available():
+        reasons = {}
+        for candidate in reversed(steps) if step is None else [int(step)]:
+            try:
+                restored = self._restore_step(candidate, target, check)
+            except _Corrupt as error:
+                reasons[candidate] = str(error)
+                continue
+            for bad, reason in reasons.items():
+                warnings.warn(
+                    f"checkpoint step {bad} in {self.directory} is corrupt ({reason}); "
+                    f"resuming from step {candidate}",
+                    CorruptCheckpointWarning,
+                    stacklevel=2,
+                )
+            return restored
+        listed = "; ".join(f"step {s}: {reason}" for s, reason in reasons.items())
+        what = f"Checkpoint step {step} is corrupt" if step is not None else "No intact checkpoint"
+        raise CorruptCheckpointError(
+            f"{what} in {self.directory} ({listed}). Move the folder away to start afresh.",
+            self.directory,
+            reasons,
+        )
+
+    def _restore_step(self, step: int, target: Any, check) -> tuple[Any, dict]:
+        """Reads one step; a damaged one raises :class:`_Corrupt` with the reason."""
+        reason = _verify(self._folder(step))
+        if reason is not None:
+            raise _Corrupt(reason)
+        fmt = self._format(step)
+        if fmt is None:
+            raise _Corrupt("the step folder holds neither an npz nor an orbax checkpoint")
+        if fmt == "orbax" and not orbax_available():
             raise ValueError(
-                f"Checkpoint {step} in {self.directory} is in orbax format; install "
-                "orbax-checkpoint (pip install 'mtljax[ckpt]') to read it."
+                f"Checkpoint step {step} in {self.directory} is in orbax format; install "
+                "orbax-checkpoint (pip install -e '.[ckpt]' in the repository) to read it."
             )
-        meta = self._read_meta(step, npz)
-        _check_target(meta.pop(_LEAVES), target, f"Checkpoint {step} in {self.directory}")
+        where = f"Checkpoint step {step} in {self.directory}"
+        # Reading damaged files raises whatever the format's reader raises (JSONDecodeError,
+        # zipfile.BadZipFile, orbax and tensorstore errors, ...): all of them mean damage.
+        try:
+            meta = self._read_meta(step, fmt)
+            saved = meta.pop(_LEAVES)
+        except Exception as error:  # noqa: BLE001
+            name = _META if fmt == "npz" else "meta/metadata"
+            raise _Corrupt(f"{name} is unreadable: {_one_line(error)}") from error
+        if check is not None:
+            check(meta)
+        _check_target(saved, target, where)
+        try:
+            arrays = self._read_arrays(step, fmt, target)
+        except Exception as error:  # noqa: BLE001
+            name = _NPZ if fmt == "npz" else "arrays/"
+            raise _Corrupt(f"{name} is unreadable: {_one_line(error)}") from error
+        return arrays, meta
+
+    def _read_meta(self, step: int, fmt: str) -> dict:
+        if fmt == "npz":
+            with open(os.path.join(self._folder(step), _META), encoding="utf-8") as f:
+                return dict(json.load(f))
+        import orbax.checkpoint as ocp
+
+        restored = self._orbax().restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored.meta)
+
+    def _read_arrays(self, step: int, fmt: str, target: Any) -> Any:
         treedef = jax.tree.structure(target)
-        if npz:
-            path = os.path.join(self.directory, str(step), _NPZ)
-            with np.load(path, allow_pickle=False) as data:
+        if fmt == "npz":
+            # np.load on a path leaks the file when the archive is damaged; a handle does not.
+            with (
+                open(os.path.join(self._folder(step), _NPZ), "rb") as f,
+                np.load(f, allow_pickle=False) as data,
+            ):
                 leaves = [data[f"leaf_{i}"] for i in range(treedef.num_leaves)]
             leaves = [
                 jax.random.wrap_key_data(x, impl=jax.random.key_impl(like))
@@ -240,7 +445,7 @@ class Checkpointer:
                 else jax.numpy.asarray(x)
                 for x, like in zip(leaves, jax.tree.leaves(target), strict=True)
             ]
-            return jax.tree.unflatten(treedef, leaves), meta
+            return jax.tree.unflatten(treedef, leaves)
         import orbax.checkpoint as ocp
 
         # Restoring without an abstract target would turn NamedTuples and NNX states into
@@ -250,20 +455,8 @@ class Checkpointer:
             step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(abstract))
         )
         if jax.tree.structure(restored.arrays) != treedef:
-            raise ValueError(
-                f"Checkpoint {step} restored as {jax.tree.structure(restored.arrays)}, not as "
-                f"the target {treedef}."
-            )
-        return restored.arrays, meta
-
-    def _read_meta(self, step: int, npz: bool) -> dict:
-        if npz:
-            with open(os.path.join(self.directory, str(step), _META), encoding="utf-8") as f:
-                return json.load(f)
-        import orbax.checkpoint as ocp
-
-        restored = self._orbax().restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(restored.meta)
+            raise ValueError(f"restored as {jax.tree.structure(restored.arrays)}, not {treedef}")
+        return restored.arrays
 
 
 def _describe(tree: Any) -> list[dict]:
@@ -283,13 +476,38 @@ def _describe(tree: Any) -> list[dict]:
     return described
 
 
+def _some(paths: list[str], shown: int = 3) -> str:
+    """Up to ``shown`` of ``paths``, and how many more."""
+    if not paths:
+        return "none"
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more
+
+
 def _check_target(saved: list[dict], target: Any, where: str) -> None:
+    """Raises :class:`CheckpointMismatchError` naming the arrays where ``saved`` (the
+    checkpoint's ``_leaves``) and ``target`` differ."""
     wanted = _describe(target)
-    if len(saved) != len(wanted):
-        raise ValueError(f"{where} has {len(saved)} arrays, the target {len(wanted)}.")
+    saved_paths, wanted_paths = [d["path"] for d in saved], [d["path"] for d in wanted]
+    if saved_paths != wanted_paths:
+        only_saved = [p for p in saved_paths if p not in set(wanted_paths)]
+        only_target = [p for p in wanted_paths if p not in set(saved_paths)]
+        raise CheckpointMismatchError(
+            f"{where} does not fit the target: it has {len(saved)} arrays, the target "
+            f"{len(wanted)}; only in the checkpoint: {_some(only_saved)}; only in the target: "
+            f"{_some(only_target)}."
+        )
     for got, want in zip(saved, wanted, strict=True):
         if got != want:
-            raise ValueError(f"{where} does not match the target: saved {got}, target {want}.")
+            raise CheckpointMismatchError(
+                f"{where} does not fit the target at {want['path']}: saved {_leaf_text(got)}, "
+                f"target {_leaf_text(want)}."
+            )
+
+
+def _leaf_text(leaf: dict) -> str:
+    key = f" ({leaf['key_impl']} key)" if leaf["key_impl"] else ""
+    return f"{leaf['dtype']}{leaf['shape']}{key}"
 
 
 def truncate_jsonl(path: str | os.PathLike, step: int) -> None:

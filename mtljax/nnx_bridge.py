@@ -35,6 +35,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from mtljax.step.state import losses_and_aux
 from mtljax.train import MultiTaskLoss
 
 SHARED = "shared"
@@ -128,7 +129,7 @@ def model_loss(
             outputs = model.decode(rep, x)
         else:
             outputs = model.decode(rep)
-        losses, aux = task_losses_fn(outputs, batch)
+        losses, aux = losses_and_aux(task_losses_fn(outputs, batch), source="task_losses_fn")
         if callable(getattr(model, "task_penalties", None)):
             penalties = model.task_penalties()
             losses = {name: value + penalties[name] for name, value in losses.items()}

@@ -254,6 +254,30 @@ class Tasks(Sequence[Task]):
             )
         return array
 
+    def stack_instance_losses(self, losses) -> jnp.ndarray:
+        """Per-sample losses ``{task: [B]}`` (or a ``[T, B]`` array) as a ``[T, B]`` array.
+
+        Raises:
+          ValueError: names do not match the tasks, or a task's losses are not ``[B]`` with
+            the same B for every task.
+        """
+        if not isinstance(losses, Mapping):
+            array = jnp.asarray(losses)
+            if array.ndim != 2 or array.shape[0] != len(self):
+                raise ValueError(f"Instance-wise losses must have shape ({len(self)}, B) for "
+                                 f"tasks {list(self.names)}, got shape {array.shape}.")
+            return array
+        if set(losses) != set(self.names):
+            self.stack_losses(losses)  # raises, naming the missing and unexpected tasks
+        rows = [jnp.asarray(losses[name]) for name in self.names]
+        for name, row in zip(self.names, rows, strict=True):
+            if row.ndim != 1 or row.shape != rows[0].shape:
+                raise ValueError(
+                    f"Instance-wise losses: task {name!r} has shape {row.shape}; every task "
+                    f"needs one loss per sample, shape {rows[0].shape if rows[0].ndim == 1 else '(B,)'}."
+                )
+        return jnp.stack(rows)
+
     def unstack(self, values) -> dict[str, object]:
         """Maps a ``[T, ...]`` array to ``{task name: values[t]}``."""
         values = np.asarray(values)

@@ -227,3 +227,28 @@ def test_nonfinite_drop_task_keeps_params_finite_when_nan_reaches_every_row(meth
     assert bool(metrics["nonfinite"][1])
     for a in jax.tree.leaves(new_state.params):
         assert np.all(np.isfinite(a))
+
+
+def test_decode_returning_a_bare_losses_dict_says_to_return_a_pair():
+    """A two-task dict would otherwise unpack into its keys ('y1' is not a valid JAX type)."""
+    _, _, params, batch = make_problem()
+    names = ("t0", "t1")
+
+    def decode(params, rep, batch):
+        return {f"t{i}": mse(params, batch, i) for i in range(2)}
+
+    method, opt = mtljax.get_method("ew", 2), optax.sgd(0.1)
+    step = mtljax.make_train_step(MultiTaskLoss(lambda p, b: None, decode), Tasks(names),
+                                  method, opt)
+    expected = r"pair \(losses, aux\).*dict alone \(keys \['t0', 't1'\]\)"
+    with pytest.raises(TypeError, match=expected):
+        step(mtljax.init_train_state(params, opt, method), batch)
+
+
+def test_from_fn_accepts_bare_losses_and_refuses_a_tuple_of_scalars():
+    step, state, batch = step_for(lambda p, b: {f"t{i}": mse(p, b, i) for i in range(3)})
+    assert step(state, batch)[1]["losses"].shape == (3,)
+    step, state, batch = step_for(lambda p, b: tuple(mse(p, b, i) for i in range(3)))
+    expected = r"tuple of \(array \(\), array \(\), array \(\)\).*jnp.stack"
+    with pytest.raises(TypeError, match=expected):
+        step(state, batch)

@@ -13,37 +13,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures.checkpoints import (
+    BACKENDS,
+    assert_same_final_checkpoint,
+    assert_trees_equal,
+    fresh_state,
+)
 
 from mtljax import checkpoint
-from mtljax.checkpoint import Checkpointer, truncate_jsonl
-from mtljax.cli import main
+from mtljax.checkpoint import Checkpointer, CheckpointMismatchError, truncate_jsonl
 from mtljax.config import RunConfig
-from mtljax.methods import get_method
 from mtljax.metrics_log import read_jsonl
-from mtljax.nnx_bridge import split_params
-from mtljax.run import experiment, run
-from mtljax.tasks import Tasks, classification
-from mtljax.train import init_train_state
+from mtljax.run import experiment
 
-BACKENDS = [
-    "npz",
-    pytest.param(
-        "orbax",
-        marks=pytest.mark.skipif(
-            not checkpoint.orbax_available(), reason="orbax-checkpoint not installed"
-        ),
-    ),
-]
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = Tasks([classification("left", 10), classification("right", 10)])  # MultiDigits'
-
-
-def fresh_state(config: RunConfig, seed: int = 0):
-    """A TrainState (adam, pcgrad) for ``config``'s model on MultiDigits."""
-    model = experiment.build_model(config.replace({"seed": seed}), (12, 12, 1), TASKS)
-    params = split_params(model)[1]
-    method = get_method(config.method.name, 2, **config.method.kw)
-    return init_train_state(params, experiment.build_optimizer(config.optimizer), method)
 
 
 def advanced_state():
@@ -63,16 +46,6 @@ def advanced_state():
         opt_state=opt_state,
         method_state=state.method_state._replace(key=key),
     )
-
-
-def assert_trees_equal(got, want):
-    assert jax.tree.structure(got) == jax.tree.structure(want)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        assert a.dtype == b.dtype
-        if jax.dtypes.issubdtype(b.dtype, jax.dtypes.prng_key):
-            assert jax.random.key_impl(a) == jax.random.key_impl(b)
-            a, b = jax.random.key_data(a), jax.random.key_data(b)
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -106,10 +79,14 @@ def test_restore_checks_the_target_and_ignores_partial_saves(tmp_path, backend):
     (tmp_path / ".tmp-9-abc").mkdir()
     (tmp_path / "9.orbax-checkpoint-tmp-123").mkdir()
     assert ckpt.steps() == [5]
-    with pytest.raises(ValueError, match="Checkpoint 5"):
+    with pytest.raises(CheckpointMismatchError, match=r"step 5 .* \[.w.\]: saved float\d+\[2, 3\]"):
         ckpt.restore({"w": jnp.ones((3, 2)), "k": jax.random.key(0)})
-    with pytest.raises(ValueError, match="Checkpoint 5"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"step 5 .* at \['k'\]: saved uint32\[2\] \("
+    ):
         ckpt.restore({"w": jnp.ones((2, 3)), "k": jnp.zeros(2, jnp.uint32)})
+    with pytest.raises(CheckpointMismatchError, match=r"only in the target: \['v'\]"):
+        ckpt.restore({"w": jnp.ones((2, 3)), "k": jax.random.key(0), "v": jnp.ones(1)})
     with pytest.raises(FileNotFoundError):
         ckpt.restore({"w": jnp.ones((2, 3))}, step=4)
     with pytest.raises(FileNotFoundError):
@@ -136,42 +113,6 @@ def test_truncate_jsonl(tmp_path):
     path.write_text("\n".join(lines))
     truncate_jsonl(path, 20)
     assert read_jsonl(path) == [{"step": 1}, {"step": 10}, {"step": 20}, {"step": 20, "val": 1}]
-
-
-def test_resume_in_process_npz(tmp_path, monkeypatch, small_data):
-    """A run stopped at its last checkpoint and resumed with more steps matches a longer run."""
-    monkeypatch.setattr(checkpoint, "orbax_available", lambda: False)
-    schedule = {"steps": 30, "batch_size": 32, "eval_every": 10, "log_every": 5}
-    config = RunConfig().replace(
-        {
-            "data.kwargs.pairs_per_image": 1,
-            "model.kwargs.hidden": [16],
-            "method.name": "pcgrad",
-            "schedule": {**schedule, "diagnostics_every": 0, "checkpoint_every": 10},
-        }
-    )
-    full = run(config.replace({"workdir": str(tmp_path / "full")}), data=small_data)
-    part = str(tmp_path / "part")
-    run(config.replace({"workdir": part, "schedule.steps": 20}), data=small_data)
-    with pytest.raises(ValueError, match=r"fields \['optimizer.lr'\]"):
-        run(config.replace({"workdir": part, "optimizer.lr": 0.1}), data=small_data, resume=True)
-    resumed = run(config.replace({"workdir": part}), data=small_data, resume=True)
-    assert resumed["resumed_from"] == 20
-    for key in ("val", "test", "best_step", "final_val", "nonfinite_steps"):
-        assert resumed[key] == full[key]
-    assert read_jsonl(Path(part) / "metrics.jsonl") == read_jsonl(tmp_path / "full/metrics.jsonl")
-    assert_same_final_checkpoint(tmp_path / "full", Path(part), config)
-    assert main(["run", "multidigits", "--resume"]) == 1  # no workdir
-
-
-def assert_same_final_checkpoint(dir_a: Path, dir_b: Path, config: RunConfig):
-    state = fresh_state(config, seed=1)
-    target = {"train_state": state, "best_params": state.params}
-    steps = config.schedule.steps
-    a = Checkpointer(dir_a / "checkpoints").restore(target, step=steps)
-    b = Checkpointer(dir_b / "checkpoints").restore(target, step=steps)
-    assert a[1]["step"] == b[1]["step"] == steps
-    assert_trees_equal(a[0], b[0])
 
 
 @pytest.mark.slow

@@ -11,19 +11,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import pytest
+from fixtures.checkpoints import BACKENDS
 
-from mtljax import checkpoint
 from mtljax.checkpoint import Checkpointer
 
-BACKENDS = [
-    "npz",
-    pytest.param(
-        "orbax",
-        marks=pytest.mark.skipif(
-            not checkpoint.orbax_available(), reason="orbax-checkpoint not installed"
-        ),
-    ),
-]
 TARGET = {"w": jnp.zeros(3)}
 
 

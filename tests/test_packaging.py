@@ -9,12 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from mtljax._version import __version__
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_installed_package_runs_a_shipped_config_elsewhere(tmp_path):
     """``pip install .`` (no editable link), then ``mtljax run multidigits`` from another folder.
+
+    The installed package also carries ``__version__`` (the metadata's version, read from
+    ``mtljax/_version.py``), ``py.typed`` and the LICENSE.
 
     The build runs offline (``--no-build-isolation``, the dev extra's setuptools) on a copy of
     the sources, so the working tree gets no ``build/`` folder; the dependencies are the test
@@ -25,7 +30,7 @@ def test_installed_package_runs_a_shipped_config_elsewhere(tmp_path):
         pytest.skip("building the wheel needs setuptools >= 77 (the dev extra)")
     source = tmp_path / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(
         ROOT / "mtljax", source / "mtljax", ignore=shutil.ignore_patterns("__pycache__")
@@ -41,11 +46,16 @@ def test_installed_package_runs_a_shipped_config_elsewhere(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(PYTHONPATH=str(target), JAX_PLATFORMS="cpu", CI="1")
     script = target / "bin" / "mtljax"
-    where = subprocess.run(
-        [sys.executable, "-c", "import mtljax.configs; print(mtljax.configs.__file__)"],
+    where, version = subprocess.run(
+        [sys.executable, "-c",
+         "import mtljax, mtljax.configs; print(mtljax.configs.__file__, mtljax.__version__)"],
         cwd=elsewhere, env=env, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    assert Path(where.strip()).is_relative_to(target)
+    ).stdout.split()  # fmt: skip
+    assert Path(where).is_relative_to(target)
+    assert version == __version__
+    assert (target / "mtljax" / "py.typed").is_file()
+    (licence,) = target.glob(f"mtljax-{__version__}.dist-info/licenses/LICENSE")
+    assert licence.read_text() == (ROOT / "LICENSE").read_text()
     done = subprocess.run(
         [str(script), "run", "multidigits", "--set", "schedule.steps=20", "--workdir", "out"],
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,

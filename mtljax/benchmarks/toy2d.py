@@ -235,32 +235,41 @@ def _default_kw(method: str, scale: float) -> dict:
 
 
 def plot_trajectories(results: dict[str, np.ndarray], scale: float, workdir: str) -> str | None:
-    """Trajectories over the contours of ``L1 + L2``, one panel per method; the PNG's path."""
+    """Writes :func:`trajectory_figure` to ``workdir/trajectories.png``; the PNG's path, or
+    ``None`` without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        fig = trajectory_figure(results, scale)
     except ImportError:
         return None
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "trajectories.png")
+    fig.savefig(path, dpi=80)
+    return path
+
+
+def trajectory_figure(results: dict[str, np.ndarray], scale: float):
+    """Trajectories ``{method: [S, steps + 1, 2]}`` over the contours of ``L1 + L2``.
+
+    One panel per method, titled with it, with axes ``x1`` and ``x2``; one legend (outside the
+    panels) names the Pareto set, the trajectories, their starts and their end points. Built
+    with matplotlib's object API (no ``pyplot``, no GUI backend).
+    """
+    from matplotlib.figure import Figure
+
     grid = np.stack(np.meshgrid(np.linspace(-10, 10, 200), np.linspace(-10, 10, 200)), -1)
     total = np.asarray(toy_losses(jnp.asarray(grid), scale)).sum(-1)
     front = np.linspace(-7, 7, 100)
-    n = len(results)
-    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.2), squeeze=False)
+    fig = Figure(figsize=(3 * len(results) + 1.6, 3.4), layout="constrained")
+    axes = fig.subplots(1, len(results), squeeze=False)
     for ax, (method, traj) in zip(axes[0], results.items(), strict=True):
         ax.contour(grid[..., 0], grid[..., 1], total, levels=15, cmap="viridis", linewidths=0.6)
         ax.plot(front, pareto_x2(front), color="orange", linewidth=4, label="Pareto set")
         for path in traj:
-            ax.plot(path[:, 0], path[:, 1], color="k", linewidth=1)
-            ax.plot(*path[0], "ko", markersize=4)
-            ax.plot(*path[-1], "r*", markersize=7)
-        ax.set_title(method)
-        ax.set_xlim(-10, 10)
-        ax.set_ylim(-10, 10)
-    fig.tight_layout()
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "trajectories.png")
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+            ax.plot(path[:, 0], path[:, 1], color="k", linewidth=1, label="trajectory")
+            ax.plot(*path[0], "ko", markersize=4, label="start")
+            ax.plot(*path[-1], "r*", markersize=7, label="end")
+        ax.set(title=method, xlabel="$x_1$", ylabel="$x_2$", xlim=(-10, 10), ylim=(-10, 10))
+    handles = dict(zip(*reversed(axes[0, 0].get_legend_handles_labels()), strict=True))
+    fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize=8,
+               title=f"$L_1 + L_2$ contours, s = {scale:g}", title_fontsize=8)  # fmt: skip
+    return fig

@@ -16,8 +16,8 @@ from typing import Any
 
 import jax
 
-from mtljax.checkpoint import Checkpointer
-from mtljax.config import RESUMABLE_FIELDS, RunConfig, changed_fields
+from mtljax.checkpoint import Checkpointer, CheckpointMismatchError
+from mtljax.config import RESUMABLE_FIELDS, RunConfig, changed_fields, flatten, stored_config
 from mtljax.data.loader import BatchIterator
 from mtljax.train import TrainState
 
@@ -81,14 +81,25 @@ def save(ckpt: Checkpointer, state: RunState, batches: BatchIterator, config: Ru
 def restore(
     ckpt: Checkpointer, fresh: TrainState, batches: BatchIterator, config: RunConfig
 ) -> RunState:
-    """The :class:`RunState` of the latest checkpoint (``batches`` moved to its position).
+    """The :class:`RunState` of the newest intact checkpoint (``batches`` moved to its position).
+
+    A corrupt newest checkpoint is skipped, with a warning, for the newest intact one
+    (:meth:`Checkpointer.restore <mtljax.checkpoint.Checkpointer.restore>`). The saved config
+    is compared with ``config`` before any array is read, so a changed method or model is
+    reported as such rather than as arrays that do not fit.
 
     Raises:
-      ValueError: the checkpoint was saved with a config that differs outside
-        :data:`~mtljax.config.RESUMABLE_FIELDS`.
+      CheckpointMismatchError: the checkpoint was saved with a config that differs outside
+        :data:`~mtljax.config.RESUMABLE_FIELDS` (a ``ValueError``).
+      CorruptCheckpointError: no checkpoint is intact (a ``ValueError``).
     """
-    arrays, meta = ckpt.restore({"train_state": fresh, "best_params": fresh.params})
-    check_resumable(meta["config"], config)
+
+    def check(meta: dict) -> None:
+        check_resumable(
+            meta["config"], config, f"checkpoint step {meta['step']} in {ckpt.directory}"
+        )
+
+    arrays, meta = ckpt.restore({"train_state": fresh, "best_params": fresh.params}, check=check)
     batches.restore(meta["iterator"])
     best = meta["best"]
     return RunState(
@@ -103,12 +114,31 @@ def restore(
     )
 
 
-def check_resumable(saved: Mapping[str, Any], config: RunConfig) -> None:
-    """Raises a ``ValueError`` naming the fields where ``saved`` and ``config`` differ, when a
-    field outside :data:`~mtljax.config.RESUMABLE_FIELDS` does."""
+def check_resumable(
+    saved: Mapping[str, Any], config: RunConfig, where: str = "the checkpoint"
+) -> None:
+    """Raises a :class:`~mtljax.checkpoint.CheckpointMismatchError` naming each field outside
+    :data:`~mtljax.config.RESUMABLE_FIELDS` where ``saved`` and ``config`` differ, with both
+    values (e.g. ``method.name: 'pcgrad' in the checkpoint, 'mgda' in this run``).
+
+    Args:
+      saved: the config stored in the checkpoint (its JSON form).
+      config: this run's config.
+      where: the checkpoint, for the message.
+    """
     changed = changed_fields(saved, config.to_dict(), RESUMABLE_FIELDS)
-    if changed:
-        raise ValueError(
-            f"The checkpoint was saved with a different config (fields {changed}); only "
-            f"{list(RESUMABLE_FIELDS)} may change on resume."
-        )
+    if not changed:
+        return
+    old, new = flatten(stored_config(saved)), flatten(config.to_dict())
+    details = "; ".join(
+        f"{field}: {_shown(old, field)} in the checkpoint, {_shown(new, field)} in this run"
+        for field in changed
+    )
+    raise CheckpointMismatchError(
+        f"{where} was saved with a different config (fields {changed}): {details}. Only "
+        f"{list(RESUMABLE_FIELDS)} may change on resume; use another workdir to start afresh."
+    )
+
+
+def _shown(flat: Mapping[str, Any], field: str) -> str:
+    return repr(flat[field]) if field in flat else "unset"

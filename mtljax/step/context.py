@@ -14,7 +14,7 @@ from jax import lax
 from mtljax.jacobian import pull_back
 from mtljax.methods import Method
 from mtljax.step.options import StepOptions
-from mtljax.step.state import MultiTaskLoss
+from mtljax.step.state import MultiTaskLoss, losses_and_aux
 from mtljax.tasks import Tasks
 
 
@@ -39,7 +39,9 @@ class StepContext:
     def decode_losses(self, params, rep, batch) -> tuple[jax.Array, Any]:
         """``[T]`` losses (at least float32 under mixed precision; the ``pmean`` over the data
         axis when ``reduce="loss"``) and the loss function's aux."""
-        raw, aux = self.loss.decode(params, rep, batch)
+        raw, aux = losses_and_aux(self.loss.decode(params, rep, batch))
+        if self.options.instance_wise:
+            return self.tasks.stack_instance_losses(raw), aux
         losses = self.tasks.stack_losses(raw)
         if self.options.compute_dtype is not None:
             losses = losses.astype(jnp.promote_types(losses.dtype, jnp.float32))

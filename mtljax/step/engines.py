@@ -23,8 +23,6 @@ losses or per-task gradients are reduced before the method sees them); with
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +34,8 @@ from mtljax.methods import Method
 from mtljax.step import collectives
 from mtljax.step import status as st
 from mtljax.step.context import StepContext
+from mtljax.step.engine_output import Engine, EngineOutput
+from mtljax.step.gramian import gramian_engine
 from mtljax.step.options import StepOptions
 from mtljax.step.weighting import (
     MethodResult,
@@ -45,22 +45,6 @@ from mtljax.step.weighting import (
     run_method,
     t_sized_weights,
 )
-
-
-class EngineOutput(NamedTuple):
-    """What an engine returns (per device in the local mode, else global)."""
-
-    losses: jax.Array  # [T]
-    aux: Any  # the loss function's aux, without "present"
-    status: st.TaskStatus
-    weights: jax.Array  # [T]; NaN for a method that is no weighting
-    method_state: Any
-    shared_update: Any  # shaped like params["shared"]
-    head_update: Any  # shaped like params["heads"]
-    metrics: dict  # diagnostics, when asked for
-
-
-Engine = Callable[[StepContext, Any, Any, tuple], EngineOutput]
 
 
 def loss_engine(ctx: StepContext, method_state, params, batches) -> EngineOutput:
@@ -206,17 +190,33 @@ ENGINES: dict[str, Engine] = {
     "jacobian": jacobian_engine,
     "representation": representation_engine,
     "task_sharded": task_sharded_engine,
+    "gramian": gramian_engine,
 }
 
 
 def select_engine(method: Method, options: StepOptions) -> str:
     """The name in :data:`ENGINES` of the engine for this method and these options.
 
-    Loss-only methods take one backward pass unless diagnostics ask for the Jacobian (their
-    update is the same by linearity).
+    ``engine="gramian"`` (or instance-wise rows) takes the Gramian engine: loss-only and
+    Gram-space methods at the parameter level. Otherwise loss-only methods take one backward
+    pass unless diagnostics ask for the Jacobian (their update is the same by linearity).
     """
+    if options.engine == "gramian" or options.instance_wise:
+        _check_gramian(method, options)
+        return "gramian"
     if method.kind == "loss" and not options.diagnostics:
         return "loss"
     if options.parallel.task_axis is not None:
         return "task_sharded"
     return "representation" if options.level == "representation" else "jacobian"
+
+
+def _check_gramian(method: Method, options: StepOptions) -> None:
+    """Raises unless ``method`` and ``options`` can run on the Gramian engine."""
+    if method.kind == "gradient" and (method.gram_weights is None or method.num_batches > 1):
+        raise ValueError(
+            f'engine="gramian" needs a loss-only or Gram-space method; {method.name!r} needs '
+            "the per-task gradients themselves. Use engine=\"jacobian\"."
+        )
+    if options.level != "parameters" or options.parallel.task_axis is not None:
+        raise ValueError('engine="gramian" runs at the parameter level, without task_axis.')

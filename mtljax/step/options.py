@@ -31,6 +31,7 @@ NONFINITE_ALIASES = {"raise": "skip_step", "skip": "skip_step", "zero": "drop_ta
 # aliases ("raise" is the runner's: the step skips, and the runner raises on the host).
 NONFINITE_POLICIES = ("skip_step", "drop_task", *NONFINITE_ALIASES)
 LEVELS = ("parameters", "representation")
+ENGINE_CHOICES = ("auto", "jacobian", "gramian")
 REDUCTIONS = ("loss", "grad")
 AGGREGATIONS = ("global", "local")
 
@@ -162,6 +163,9 @@ class StepOptions:
       task_last: whether the Jacobian of the shared parameters is stacked task-last (the fast
         Gram layout of XLA:CPU, for Gram-space methods on the unrolled strategy).
       compute_dtype: dtype of the forward and backward passes, or ``None``.
+      engine: ``"auto"``, ``"jacobian"`` or ``"gramian"`` (:func:`mtljax.step.select_engine`).
+      instance_wise: whether each task's loss is a per-sample ``[B]`` vector, one row per
+        (task, sample) pair (the Gramian engine).
     """
 
     level: str
@@ -173,9 +177,12 @@ class StepOptions:
     chunk_size: int | None
     task_last: bool
     compute_dtype: jnp.dtype | None
+    engine: str = "auto"
+    instance_wise: bool = False
 
     def __post_init__(self):
         for name, value, allowed in [("level", self.level, LEVELS),
+                                     ("engine", self.engine, ENGINE_CHOICES),
                                      ("nonfinite", self.nonfinite, ("skip_step", "drop_task"))]:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
@@ -196,6 +203,8 @@ def step_options(
     aggregate: str = "global",
     task_axis: str | None = None,
     compute_dtype=None,
+    engine: str = "auto",
+    instance_wise: bool = False,
 ) -> StepOptions:
     """Validates the keywords of :func:`mtljax.make_train_step` against ``method``.
 
@@ -205,7 +214,11 @@ def step_options(
     level = level or method.level
     if level not in LEVELS:
         raise ValueError(f'level must be "parameters" or "representation", got {level!r}.')
-    if method.num_tasks != len(tasks):
+    if engine not in ENGINE_CHOICES:
+        raise ValueError(f"engine must be one of {ENGINE_CHOICES}, got {engine!r}.")
+    if instance_wise:
+        _check_instance_wise(method, tasks, engine, level, axis_name, task_axis)
+    elif method.num_tasks != len(tasks):
         raise ValueError(f"Method {method.name!r} was built for {method.num_tasks} tasks, but "
                          f"there are {len(tasks)} tasks: {list(tasks.names)}.")
     if chunk_size is not None and chunk_size < 1:
@@ -229,6 +242,8 @@ def step_options(
         chunk_size=chunk_size,
         task_last=gram_space and unrolled and level == "parameters",
         compute_dtype=compute_dtype,
+        engine=engine,
+        instance_wise=bool(instance_wise),
     )
 
 
@@ -262,3 +277,23 @@ def _check_task_sharding(method: Method, level: str, axis_name: str | None) -> N
             "not a Gram-space method), so it cannot run task sharded: no device holds the "
             "whole [T, P] Jacobian. Use a loss-only or Gram-space method, or drop task_axis."
         )
+
+
+def _check_instance_wise(method: Method, tasks: Tasks, engine, level, axis_name, task_axis):
+    """Raises unless instance-wise rows can run (Gramian engine, one device, T·B rows)."""
+    if method.num_tasks % len(tasks):
+        raise ValueError(
+            f"Instance-wise rows: method {method.name!r} was built for {method.num_tasks} rows, "
+            f"not a multiple of the {len(tasks)} tasks (build it for tasks × batch size)."
+        )
+    if engine == "jacobian" or level != "parameters" or axis_name or task_axis:
+        raise ValueError(
+            "instance_wise=True runs on the Gramian engine at the parameter level, on one "
+            "device (no axis_name or task_axis)."
+        )
+    if method.kind == "gradient" and method.gram_weights is None:
+        raise ValueError(f"Method {method.name!r} is not a loss-only or Gram-space method: it "
+                         "cannot weight instance-wise rows from their Gram matrix.")
+    if method.after_step is not None or method.num_batches != 1:
+        raise ValueError(f"Method {method.name!r} needs an after-step hook or extra batches, "
+                         "which instance-wise rows (new samples every step) do not support.")

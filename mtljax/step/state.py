@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -34,14 +34,54 @@ class MultiTaskLoss(NamedTuple):
 
     @classmethod
     def from_fn(cls, fn: Callable[[Any, Any], Any]) -> MultiTaskLoss:
-        """Wraps ``fn(params, batch) -> losses`` or ``(losses, aux)``; parameter level only."""
+        """Wraps ``fn(params, batch) -> losses`` or ``(losses, aux)``; parameter level only.
+
+        ``losses`` is a dict keyed by task name or a ``[T]`` array; a tuple is read as
+        ``(losses, aux)`` and must have two items with ``aux`` a dict, so a tuple of per-task
+        scalars raises instead of being taken for a pair.
+        """
 
         def decode(params, rep, batch):
             del rep
             out = fn(params, batch)
-            return out if isinstance(out, tuple) else (out, {})
+            if not isinstance(out, tuple):
+                return out, {}
+            if len(out) != 2 or not isinstance(out[1], Mapping):
+                raise TypeError(
+                    f"The loss function returned {_kinds(out)}; expected the losses (a dict "
+                    "keyed by task name or a [T] array, e.g. jnp.stack([...])) or a pair "
+                    "(losses, aux) with aux a dict."
+                )
+            return out
 
         return cls(lambda params, batch: None, decode)
+
+
+def losses_and_aux(out, *, source: str = "decode") -> tuple[Any, Any]:
+    """Checks that ``source`` returned the pair ``(losses, aux)`` and returns it.
+
+    Without this check a bare losses dict of two tasks would unpack into its two *keys*.
+    """
+    if isinstance(out, tuple) and len(out) == 2:
+        return out
+    if isinstance(out, Mapping):
+        hint = (
+            f"it returned the losses dict alone (keys {sorted(out)}): return (losses, {{}}), "
+            "or wrap a function of (params, batch) with MultiTaskLoss.from_fn"
+        )
+    else:
+        hint = f"it returned {_kinds(out) if isinstance(out, tuple) else type(out).__name__}"
+    raise TypeError(
+        f"{source} must return a pair (losses, aux): losses a dict keyed by task name or a [T] "
+        f"array, aux a dict (may be empty); {hint}."
+    )
+
+
+def _kinds(items: tuple) -> str:
+    """``"a tuple of (array (), array (), dict)"``: what a wrong return held (shapes, as
+    tracers' type names say nothing), for error messages."""
+    kinds = [f"array {tuple(x.shape)}" if hasattr(x, "shape") else type(x).__name__ for x in items]
+    return f"a tuple of ({', '.join(kinds)})"
 
 
 def init_train_state(params, optimizer: optax.GradientTransformation, method: Method) -> TrainState:

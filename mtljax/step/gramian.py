@@ -1,0 +1,130 @@
+"""The ``"gramian"`` engine of the train step (:mod:`mtljax.gramian`): ``G`` layer by layer,
+the method on ``G``, then one backward pass of ``Σ_t w_t L_t``.
+
+Under data parallelism (``aggregate="global"``) ``G`` is the global one: each probe adds this
+device's rows against every device's (:func:`mtljax.gramian.layers.dense_gram`) and the sum
+over devices happens in the pullback of the replicated dummy inputs; the fallback leaves' rows
+are the global rows, and the update is the gradient of the global weighted loss, so the step
+equals the one-device step. Instance-wise (``instance_wise=True``) the rows are the ``T·B``
+(task, sample) pairs, task-major; ``drop_task`` drops a task's rows together.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from mtljax import linalg
+from mtljax.diagnostics import gram_diagnostics
+from mtljax.gramian import engine as gramian
+from mtljax.step import status as st
+from mtljax.step.context import StepContext
+from mtljax.step.engine_output import EngineOutput
+from mtljax.step.weighting import head_coefficients, t_sized_weights
+
+
+def gramian_engine(ctx: StepContext, method_state, params, batches) -> EngineOutput:
+    """Task rows: ``G`` ``[T, T]`` without the shared Jacobian."""
+    if ctx.options.instance_wise:
+        return instance_engine(ctx, method_state, params, batches)
+    parallel = ctx.options.parallel
+    axis = None if parallel.data_axis is None or parallel.local else parallel.data_axis
+    # Under pmap the losses are local and the global gradient is the device mean.
+    scale = 1.0 / lax.axis_size(axis) if parallel.pmean_grads else 1.0
+    pulled = gramian.forward(ctx.losses, ctx.varying(params), batches[0], axis_name=axis,
+                             scale=scale)
+    losses = ctx.global_mean(pulled.losses)
+    dtype = jnp.promote_types(losses.dtype, jnp.float32)
+    if parallel.pmean_grads and pulled.gram is not None:
+        pulled = pulled._replace(gram=lax.psum(pulled.gram, axis))
+    gram = gramian.full_gram(pulled, ctx.global_mean(pulled.fallback_rows), dtype)
+    head_rows = ctx.global_mean(pulled.head_rows)
+    present, aux = st.split_presence(ctx, pulled.aux)
+    finite = (jnp.isfinite(losses) & jnp.isfinite(jnp.diagonal(gram))
+              & st.row_finite(head_rows, ctx.num_tasks))
+    status = st.task_status(ctx, finite, present)
+    safe = None
+    if st.needs_row_masks(ctx, present):
+        keep = st.kept_rows(status, finite)
+        gram, head_rows, safe = st.mask_gram(gram, keep), linalg.zero_rows(head_rows, keep), keep
+    weights, method_state = t_sized_weights(ctx, method_state, losses, status, gram)
+    shared = ctx.global_mean(gramian.combined(pulled, weights.astype(losses.dtype), safe))
+    head_update = linalg.combine(head_rows, head_coefficients(ctx, weights, status, losses.dtype))
+    metrics = {}
+    if ctx.options.diagnostics:
+        w = weights.astype(gram.dtype)
+        metrics = gram_diagnostics(gram, gram @ w, w @ gram @ w)
+    return EngineOutput(losses, aux, status, weights, method_state, shared, head_update, metrics)
+
+
+def instance_engine(ctx: StepContext, method_state, params, batches) -> EngineOutput:
+    """Instance-wise rows: ``G`` ``[T·B, T·B]``; metrics per task (row means and sums)."""
+    batch, num_tasks = batches[0], ctx.num_tasks
+    pulled = gramian.forward(ctx.losses, params, batch, instance=True)
+    rows = pulled.losses  # [T, B]
+    size = rows.shape[1]
+    if ctx.method.num_tasks != num_tasks * size:
+        raise ValueError(
+            f"Instance-wise rows: {num_tasks} tasks × batch {size} = {num_tasks * size} rows, "
+            f"but method {ctx.method.name!r} was built for {ctx.method.num_tasks}."
+        )
+    dtype = jnp.promote_types(rows.dtype, jnp.float32)
+    fallback = _per_sample_fallback(ctx, params, batch, pulled.plan) if pulled.plan.fallback else []
+    gram = gramian.full_gram(pulled, fallback, dtype)
+    present, aux = st.split_presence(ctx, pulled.aux)
+    diag = jnp.diagonal(gram).reshape(num_tasks, size)
+    finite = jnp.all(jnp.isfinite(rows) & jnp.isfinite(diag), axis=1)
+    status = st.task_status(ctx, finite, present)
+    row_active = jnp.repeat(status.active, size)
+    safe = None
+    if st.needs_row_masks(ctx, present):
+        keep = st.kept_rows(status, finite)
+        gram, safe = st.mask_gram(gram, jnp.repeat(keep, size)), keep
+    flat = rows.reshape(-1)
+    kw = dict(task_losses=jnp.where(row_active & jnp.isfinite(flat), flat, 1.0),
+              task_mask=row_active)
+    if ctx.method.kind == "loss":
+        w, method_state = ctx.method.loss_weights(method_state, **kw)
+    else:
+        w, method_state = ctx.method.gram_weights(gram, method_state, **kw)
+    w = jnp.where(row_active, w, 0.0).astype(rows.dtype).reshape(num_tasks, size)
+    shared = gramian.combined(pulled, w, safe)
+    coefficients = w if ctx.options.weight_heads else (
+        jnp.broadcast_to(status.active[:, None], w.shape).astype(rows.dtype))
+    heads = gramian.combined(pulled, coefficients, safe, part="heads")
+    metrics = {}
+    if ctx.options.diagnostics:
+        metrics = _task_level_diagnostics(gram, w.reshape(-1).astype(gram.dtype), num_tasks)
+    return EngineOutput(jnp.mean(rows, axis=1), aux, status, jnp.sum(w, axis=1), method_state,
+                        shared, heads, metrics)
+
+
+def _per_sample_fallback(ctx: StepContext, params, batch, plan) -> list:
+    """Per-(task, sample) gradients ``[T·B, *leaf]`` of the fallback leaves, one sample at a
+    time (``vmap`` over the batch)."""
+    leaves, treedef = jax.tree.flatten(params["shared"])
+
+    def one(sample):
+        single = jax.tree.map(lambda x: x[None], sample)
+
+        def losses(fallback):
+            full = list(leaves)
+            for i, leaf in zip(plan.fallback, fallback, strict=True):
+                full[i] = leaf
+            p = {"shared": treedef.unflatten(full), "heads": params["heads"]}
+            return ctx.losses(p, single)[0][:, 0]
+
+        return jax.jacrev(losses)([leaves[i] for i in plan.fallback])
+
+    per_sample = jax.vmap(one)(batch)  # each [B, T, *leaf]
+    return [jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]) for x in per_sample]
+
+
+def _task_level_diagnostics(gram, w, num_tasks: int) -> dict:
+    """Diagnostics of the task-level Gram ``S G Sᵀ`` (S sums each task's rows: the gradients
+    of ``Σ_i L_{t,i}``) and the update ``d = Jᵀw``."""
+    rows = gram.shape[0]
+    summing = jnp.repeat(jnp.eye(num_tasks, dtype=gram.dtype), rows // num_tasks, axis=1)
+    task_gram = summing @ gram @ summing.T
+    return gram_diagnostics(task_gram, summing @ (gram @ w), w @ gram @ w)
