@@ -29,17 +29,32 @@ given ``--resume`` (continue from its last checkpoint) or ``--overwrite`` (clear
 A config may instead return a built-in benchmark (:mod:`mtljax.benchmarks`, e.g. ``mtljax run
 toy2d --workdir DIR``): ``--set`` then overrides the benchmark's fields, which runs itself,
 prints its result table and writes ``summary.json`` to the workdir.
+
+Errors: a mistake in the user's input (a :class:`~mtljax.config.ConfigError`: a field, a
+value, a config file, a workdir) is one line on stderr, ``mtljax: error: ...``, and exit status
+2, the argparse convention for usage errors; an error that mtljax raises with a message for a
+run that cannot go on (a missing dataset file, a non-finite loss under ``nonfinite=raise``, a
+damaged checkpoint) is one line and status 1 (:func:`failure`). Anything else is a bug and
+keeps its traceback, as does every error when ``MTLJAX_DEBUG=1`` is set. Ctrl-C prints one
+line (with a run: the step, and whether ``--resume`` continues it) and exits 130; a closed
+pipe (``mtljax methods | head -3``) ends the command quietly with 141, the status of a process
+killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
+import linecache
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import mtljax
 from mtljax import configs
-from mtljax.config import RunConfig, fields, parse_overrides, type_name
+from mtljax._version import __version__
+from mtljax.config import ConfigError, RunConfig, fields, parse_overrides, type_name
 from mtljax.tables import format_table
 
 
@@ -117,8 +132,27 @@ def _cmd_configs(args) -> int:
     return _describe(args.config)
 
 
+def load_config(spec: str):
+    """:func:`mtljax.configs.load`, with the errors of the user's config as ``ConfigError``.
+
+    Raises:
+      ConfigError: a syntax error in the config file (its file and line), no such config, no
+        ``get_config``, or a value ``get_config`` returns that is not a config.
+    """
+    try:
+        return configs.load(spec)
+    except SyntaxError as error:
+        raise ConfigError(
+            f"syntax error in config file {error.filename}, line {error.lineno}: {error.msg}."
+        ) from error
+    except ValueError as error:
+        if isinstance(error, ConfigError) or not _raised_by_mtljax(error):
+            raise
+        raise ConfigError(str(error)) from error
+
+
 def _describe(spec: str) -> int:
-    config = configs.load(spec)
+    config = load_config(spec)
     if isinstance(config, RunConfig):
         print(f"{spec}: --set FIELD=VALUE overrides any of\n")
         print(fields_table(config))
@@ -138,10 +172,13 @@ def _cmd_run(args) -> int:
             return _describe(args.config)
         print(configs_table())
         return 0 if args.help else 2
-    config = configs.load(args.config)
+    config = load_config(args.config)
     overrides = parse_overrides(args.set or [])
     if not isinstance(config, RunConfig):
-        benchmark = config.replace(overrides)
+        try:
+            benchmark = config.replace(overrides)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
         print(benchmark.table(benchmark.run(args.workdir)))
         if args.workdir:
             print(f"summary: {Path(args.workdir) / 'summary.json'}")
@@ -162,15 +199,15 @@ def _int_list(text: str, flag: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",")]
     except ValueError:
-        raise ValueError(f"{flag} expects comma-separated integers, got {text!r}.") from None
+        raise ConfigError(f"{flag} expects comma-separated integers, got {text!r}.") from None
 
 
 def _cmd_sweep(args) -> int:
     from mtljax.sweep import parse_grid, parse_shard, sweep
 
-    config = configs.load(args.config)
+    config = load_config(args.config)
     if not isinstance(config, RunConfig):
-        raise ValueError(f"{args.config!r} is a benchmark; mtljax sweep runs RunConfig configs.")
+        raise ConfigError(f"{args.config!r} is a benchmark; mtljax sweep runs RunConfig configs.")
     config = config.replace(parse_overrides(args.set or []))
     result = sweep(
         config,
@@ -213,6 +250,11 @@ def _cmd_report(args) -> int:
 def _cmd_plot(args) -> int:
     from mtljax.plots import plot_run
 
+    if not (Path(args.workdir) / "metrics.jsonl").is_file():
+        what = "holds no metrics.jsonl" if Path(args.workdir).is_dir() else "is not a folder"
+        raise ConfigError(
+            f"{args.workdir} {what}; mtljax plot takes the --workdir of one run (mtljax run)."
+        )
     for path in plot_run(args.workdir):
         print(path)
     return 0
@@ -273,6 +315,7 @@ def _add_run_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtljax", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"mtljax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("methods", help="list the methods").set_defaults(fn=_cmd_methods)
     datasets_parser = sub.add_parser("datasets", help="list the datasets (data.name)")
@@ -332,15 +375,96 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The types of the errors mtljax raises with a message for a run that cannot go on.
+RUN_ERRORS = (ValueError, RuntimeError, OSError, KeyError, ImportError)
+
+
+def _raised_by_mtljax(error: BaseException) -> bool:
+    """Whether a ``raise`` statement of mtljax's own code raised ``error``: a message written
+    for the user. An error from inside JAX, NumPy or Python, or from an operation in mtljax
+    (``int("x")``, ``d[key]``), is not: it is a bug, and keeps its traceback."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    filename = tb.tb_frame.f_code.co_filename
+    line = linecache.getline(filename, tb.tb_lineno).strip()
+    return _in_package(filename) and line.startswith("raise ")
+
+
+def failure(error: BaseException) -> tuple[int, str] | None:
+    """``(exit status, one-line message)`` of an error the command line reports without a
+    traceback (see the module docstring); ``None`` for a bug."""
+    if isinstance(error, KeyboardInterrupt):
+        return 130, f"mtljax: {str(error) or 'interrupted'}"
+    if isinstance(error, ConfigError):
+        status = 2
+    elif isinstance(error, RUN_ERRORS) and _raised_by_mtljax(error):
+        status = 1
+    else:
+        return None
+    # A KeyError's str() is the repr of its argument; the message is the argument itself.
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return status, "mtljax: error: " + " ".join(str(text).split())
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null, so the interpreter's last flush into a closed pipe does not
+    fail again (the recipe of Python's ``signal`` documentation)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout has no file descriptor (replaced in-process)
+        pass
+    finally:
+        os.close(devnull)
+
+
+def _in_package(filename: str) -> bool:
+    package = os.path.dirname(os.path.abspath(mtljax.__file__))
+    return os.path.abspath(filename).startswith(package + os.sep)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning mtljax issues is one line, ``mtljax: warning: ...``; others keep Python's
+    format (their source line helps whoever reports them)."""
+    if _in_package(filename):
+        text = f"mtljax: warning: {' '.join(str(message).split())}\n"
+    else:
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+    (file or sys.stderr).write(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mtljax`` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.fn(args)
-    except (ValueError, KeyError, RuntimeError, TimeoutError, OSError) as error:
-        print(f"mtljax: error: {error}", file=sys.stderr)
-        return 1
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a usage error argparse reported
+        return 0 if done.code is None else done.code
+    debug = os.environ.get("MTLJAX_DEBUG", "") not in ("", "0")
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _show_warning
+        return _run_command(args, debug)
+
+
+def _run_command(args, debug: bool) -> int:
+    try:
+        status = args.fn(args)
+        sys.stdout.flush()  # a closed pipe fails here, not after main returns
+        return status
+    except BrokenPipeError:
+        if debug:
+            raise
+        _silence_stdout()
+        return 141
+    except (KeyboardInterrupt, *RUN_ERRORS) as error:
+        reported = failure(error)
+        if debug or reported is None:
+            raise
+        print(reported[1], file=sys.stderr)
+        return reported[0]
 
 
 if __name__ == "__main__":

@@ -45,6 +45,15 @@ from mtljax.train import NONFINITE_POLICIES
 LEVELS = ("parameters", "representation")
 
 
+class ConfigError(ValueError):
+    """A user's input is invalid: a config field or override, a config file, a workdir.
+
+    The command line prints it as one line naming what was wrong and how to fix it, and exits
+    with status 2 (the argparse convention for usage errors); the library raises it like any
+    ``ValueError``.
+    """
+
+
 def _field(
     default,
     help: str,
@@ -183,7 +192,7 @@ class RunConfig(_Checked):
         a dict field given a mapping is replaced whole; ``"method.kw.c"`` sets one key.
 
         Raises:
-          ValueError: an unknown field, or a value of the wrong type (naming the field).
+          ConfigError: an unknown field, or a value of the wrong type (naming the field).
         """
         tree = dataclasses.asdict(self)
         for key, value in overrides.items():
@@ -259,7 +268,10 @@ def _assign(tree: dict, cls: type, path: str, value: Any, done: str = "") -> Non
     fields = {f.name: f for f in dataclasses.fields(cls)}
     if name not in fields:
         where = f"{done[:-1]} fields" if done else "sections and options"
-        raise ValueError(f"Unknown config field {done + name!r}; {where}: {', '.join(fields)}.")
+        raise ConfigError(
+            f"Unknown config field {done + name!r}; {where}: {', '.join(fields)} "
+            "(mtljax configs CONFIG lists every field)."
+        )
     hint = typing.get_type_hints(cls)[name]
     if dataclasses.is_dataclass(hint):
         if rest:
@@ -267,12 +279,12 @@ def _assign(tree: dict, cls: type, path: str, value: Any, done: str = "") -> Non
             return
         value = parse_value(value) if isinstance(value, str) else value
         if not isinstance(value, Mapping):
-            raise ValueError(f"{done + name} expects a JSON object of its fields, got {value!r}.")
+            raise ConfigError(f"{done + name} expects a JSON object of its fields, got {value!r}.")
         for key, sub in value.items():
             _assign(tree[name], hint, key, sub, f"{done}{name}.")
     elif rest:
         if _base(hint) is not dict:
-            raise ValueError(f"{done + name} is not a dict field; cannot set {done + path!r}.")
+            raise ConfigError(f"{done + name} is not a dict field; cannot set {done + path!r}.")
         tree[name] = {**(tree[name] or {}), rest: parse_value(value)}
     else:
         tree[name] = value
@@ -315,10 +327,11 @@ def type_name(hint) -> str:
     return getattr(_base(hint), "__name__", str(hint))
 
 
+_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 _EXPECTED = {
     int: "an integer",
     float: "a number",
-    bool: "true or false",
+    bool: "true or false (or yes/no, 1/0)",
     str: "a string",
     dict: "a JSON object",
 }
@@ -328,11 +341,11 @@ def coerce(path: str, hint, value: Any) -> Any:
     """``value`` checked against the type ``hint`` of field ``path``; text is parsed.
 
     Integers refuse booleans and fractions (``5.5``), numbers refuse booleans, booleans take
-    ``true``/``false``, lists take JSON lists or comma-separated text, ``null``/``none`` is
-    ``None`` where the type allows it.
+    ``true``/``false``, ``yes``/``no`` or ``1``/``0`` as text (nothing else), lists take JSON
+    lists or comma-separated text, ``null``/``none`` is ``None`` where the type allows it.
 
     Raises:
-      ValueError: ``<path> expects <what>, got <value>``.
+      ConfigError: ``<path> expects <what>, got <value>``.
     """
     shown = value  # the value as given, for the error message
     if isinstance(hint, types.UnionType):
@@ -347,7 +360,7 @@ def coerce(path: str, hint, value: Any) -> Any:
             for key, sub in value.items():
                 _assign(tree, hint, key, sub, f"{path}.")
             return hint(**tree)
-        raise ValueError(f"{path} expects a JSON object of its fields, got {value!r}.")
+        raise ConfigError(f"{path} expects a JSON object of its fields, got {value!r}.")
     base = typing.get_origin(hint) or hint
     if base is tuple:
         item = typing.get_args(hint)[0]
@@ -356,9 +369,9 @@ def coerce(path: str, hint, value: Any) -> Any:
             value = parsed if isinstance(parsed, list) else [v.strip() for v in value.split(",")]
         if isinstance(value, list | tuple):
             return tuple(coerce(f"{path}[{i}]", item, v) for i, v in enumerate(value))
-        raise ValueError(f"{path} expects a list of {type_name(item)}, got {shown!r}.")
-    if base is bool and isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
+        raise ConfigError(f"{path} expects a list of {type_name(item)}, got {shown!r}.")
+    if base is bool and isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+        return _BOOLEANS[value.strip().lower()]
     if base in (int, float, dict) and isinstance(value, str):
         value = parse_value(value)
     ok = {
@@ -369,19 +382,19 @@ def coerce(path: str, hint, value: Any) -> Any:
         dict: isinstance(value, Mapping),
     }[base]
     if not ok:
-        raise ValueError(f"{path} expects {_EXPECTED[base]}, got {shown!r}.")
+        raise ConfigError(f"{path} expects {_EXPECTED[base]}, got {shown!r}.")
     return {float: float, dict: dict}.get(base, lambda v: v)(value)
 
 
 def _check_range(path: str, meta: Mapping[str, Any], value: Any) -> None:
     minimum, choices = meta.get("minimum"), meta.get("choices")
     if meta.get("positive") and not value > 0:
-        raise ValueError(f"{path} must be positive, got {value}.")
+        raise ConfigError(f"{path} must be positive, got {value}.")
     if minimum is not None and value < minimum:
         bound = "a positive integer" if minimum == 1 else f">= {minimum}"
-        raise ValueError(f"{path} must be {bound}, got {value}.")
+        raise ConfigError(f"{path} must be {bound}, got {value}.")
     if choices and value is not None and value not in choices:
-        raise ValueError(f"{path} must be one of {', '.join(choices)}; got {value!r}.")
+        raise ConfigError(f"{path} must be one of {', '.join(choices)}; got {value!r}.")
 
 
 def fields(config: RunConfig | None = None) -> list[tuple[str, Any, Any, Any, str]]:
@@ -461,12 +474,12 @@ def parse_overrides(items: Sequence[str]) -> dict[str, str]:
     """``["a=1", "b.c=x"]`` -> ``{"a": "1", "b.c": "x"}``: the text is parsed per field later.
 
     Raises:
-      ValueError: an item without ``=`` or without a key.
+      ConfigError: an item without ``=`` or without a key.
     """
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--set expects key=value, got {item!r}.")
+            raise ConfigError(f"--set expects key=value, got {item!r}.")
         out[key.strip()] = value
     return out

@@ -14,12 +14,23 @@ validation split selected, as :func:`mtljax.run.run` stores it):
 * Δm% (:func:`mtljax.evaluation.delta_m`, lower is better) and Δp
   (:func:`mtljax.evaluation.delta_p`, higher is better) of every run against one baseline:
   for each task, the mean over seeds of its STL runs' test metrics; then mean ± std over the
-  group's runs. Empty when a task has no STL run;
+  group's runs. Empty, with a note, when a task has no STL run or an incomplete one (below);
 * mean rank: the groups are ranked on each task metric's mean (1 = best, in the metric's
   direction, ties share the average rank, NaN ranks last), and the ranks are averaged over
   the metrics that every group has. The STL row is not ranked.
 
 The Pareto front (:func:`pareto_mask`) uses each task's headline metric (its first).
+
+A run the table cannot use is never dropped silently, and never stops the report: a
+``summary.json`` that is unreadable, not JSON (cut off while being written), empty (``{}``)
+or incomplete, and a run folder with a ``metrics.jsonl`` but no ``summary.json`` (still
+training, or interrupted), are each named in one note (:attr:`Report.notes`, which
+``mtljax report`` prints as warnings) and listed under the Markdown table. When such a run is
+a single-task baseline (its folder is ``stl_<task>/...`` or its summary names one task), or
+a task's baseline lacks seeds that the other tasks' baselines have, the baseline of that task
+is incomplete: the groups with that task get no Δm% or Δp (the table says "baseline
+incomplete", a note says why) instead of numbers against a different baseline. Summaries of
+other tools (benchmarks: a ``"benchmark"`` or ``"methods"`` key) are not runs and are skipped.
 """
 
 from __future__ import annotations
@@ -52,6 +63,8 @@ class Row:
       delta_m, delta_p: per-run Δm% and Δp (``[runs]``), ``None`` without a full baseline.
       rank: mean rank over metrics (``None`` for the STL row).
       paths: the summary files.
+      baseline_note: why Δm% and Δp are missing although there are STL runs
+        (``"baseline incomplete"``, ``"no baseline"``), else ``None``.
     """
 
     label: str
@@ -61,41 +74,118 @@ class Row:
     delta_p: np.ndarray | None = None
     rank: float | None = None
     paths: list[str] = dataclasses.field(default_factory=list)
+    baseline_note: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Excluded:
+    """A run left out of the table: its ``summary.json`` (or its folder, when it has none),
+    why, and the task whose single-task baseline it is (``None``: not one, or not known)."""
+
+    path: str
+    reason: str
+    stl_task: str | None
 
 
 @dataclasses.dataclass
 class Report:
     """The table: ``columns`` with their directions, an optional STL row, one row per group,
-    and ``notes`` on what could not be computed (e.g. Δm% against a zero baseline)."""
+    the runs left out (``excluded``), and ``notes``: one line per excluded run and per thing
+    that could not be computed (e.g. Δm% against a zero or incomplete baseline)."""
 
     columns: list[Column]
     higher_is_better: dict[Column, bool]
     rows: list[Row]
     stl: Row | None
     notes: list[str] = dataclasses.field(default_factory=list)
+    excluded: list[Excluded] = dataclasses.field(default_factory=list)
 
 
-# The keys of a :func:`mtljax.run.run` summary (benchmarks write other summary files).
+# The keys of a :func:`mtljax.run.run` summary.
 RUN_KEYS = ("config", "tasks", "higher_is_better", "test")
+# Keys that mark another tool's summary.json (mtljax.benchmarks, experiments/demo.py).
+OTHER_FORMATS = ("benchmark", "methods")
 
 
-def find_summaries(dirs: Iterable[str | os.PathLike]) -> list[tuple[str, dict]]:
-    """``(path, summary)`` of every run's ``summary.json`` at or under ``dirs``, sorted by
-    path; files without the :data:`RUN_KEYS` are left out.
+def find_runs(dirs: Iterable[str | os.PathLike]) -> tuple[list[tuple[str, dict]], list[Excluded]]:
+    """Every run at or under ``dirs``: ``(path, summary)`` of each usable ``summary.json``,
+    sorted by path, and the runs that cannot be used (see the module docstring).
+
+    Raises:
+      ValueError: one of ``dirs`` is not a folder.
     """
-    paths = set()
+    summaries, logs = set(), set()
     for folder in dirs:
         folder = Path(folder)
         if not folder.is_dir():
             raise ValueError(f"No folder {folder}.")
-        paths.update(folder.rglob("summary.json"))
-    out = []
-    for path in sorted(paths):
-        with open(path, encoding="utf-8") as f:
-            summary = json.load(f)
-        if all(key in summary for key in RUN_KEYS):
-            out.append((os.fspath(path), summary))
-    return out
+        summaries.update(folder.rglob("summary.json"))
+        logs.update(folder.rglob("metrics.jsonl"))
+    runs, excluded = [], []
+    for path in sorted(summaries):
+        summary, reason = _read_summary(path)
+        if reason is not None:
+            excluded.append(Excluded(os.fspath(path), reason, _stl_task(path.parent, summary)))
+        elif summary is not None:
+            runs.append((os.fspath(path), summary))
+    for log in sorted(logs):
+        if not (log.parent / "summary.json").exists():
+            reason = "no summary.json (still training, or interrupted)"
+            excluded.append(Excluded(os.fspath(log.parent), reason, _stl_task(log.parent, None)))
+    return runs, excluded
+
+
+def _read_summary(path: Path) -> tuple[Any, str | None]:
+    """``(summary, None)`` for a usable run summary, ``(None, None)`` for another tool's,
+    ``(what was read, why it is unusable)`` otherwise."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        return None, f"unreadable ({error})"
+    try:
+        summary = json.loads(text)
+    except json.JSONDecodeError as error:
+        what = "empty file" if not text.strip() else f"not valid JSON ({error})"
+        return None, f"{what}; cut off while being written?"
+    if not isinstance(summary, dict) or not summary:
+        return summary, f"empty ({text.strip()[:20]})" if not summary else "not a JSON object"
+    if "test" not in summary and any(key in summary for key in OTHER_FORMATS):
+        return None, None
+    missing = [key for key in RUN_KEYS if key not in summary]
+    if missing:
+        return summary, f"incomplete (no {', '.join(missing)})"
+    return summary, _problem(summary)
+
+
+def _problem(summary: dict) -> str | None:
+    """Why a summary with every :data:`RUN_KEYS` still cannot be read, or ``None``."""
+    tasks, test = summary["tasks"], summary["test"]
+    if not (isinstance(tasks, list) and tasks and all(isinstance(t, str) for t in tasks)):
+        return "incomplete (tasks is not a list of task names)"
+    for part in ("test", "higher_is_better"):
+        if not all(isinstance(summary[part], dict) and t in summary[part] for t in tasks):
+            return f"incomplete ({part} lacks a task of {tasks})"
+    numbers = [v for t in tasks if isinstance(test[t], dict) for v in test[t].values()]
+    if len(numbers) < len(tasks) or not all(
+        v is None or isinstance(v, int | float) for v in numbers
+    ):
+        return "incomplete (a test metric is missing or not a number)"
+    try:
+        _flat_config(summary["config"])
+        int(summary["config"]["seed"])
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        return f"config unreadable ({error})"
+    return None
+
+
+def _stl_task(folder: Path, summary: Any) -> str | None:
+    """The task of a single-task run: from its summary's ``tasks``, else from the sweep's
+    folder name (``stl_<task>/seed<k>``)."""
+    tasks = summary.get("tasks") if isinstance(summary, dict) else None
+    if isinstance(tasks, list) and len(tasks) == 1:
+        return str(tasks[0])
+    group = folder.parent.name
+    return group.removeprefix("stl_") if group.startswith("stl_") else None
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -227,11 +317,16 @@ def build_report(dirs: Iterable[str | os.PathLike]) -> Report:
     """The table of every run under ``dirs``; see the module docstring.
 
     Raises:
-      ValueError: a missing folder, no ``summary.json`` at all, or an ambiguous STL baseline.
+      ValueError: a missing folder, no usable ``summary.json`` at all, or an ambiguous STL
+        baseline.
     """
-    summaries = find_summaries(dirs)
+    summaries, excluded = find_runs(dirs)
+    notes = [f"excluded {e.path}: {e.reason}" for e in excluded]
     if not summaries:
-        raise ValueError("No run summary.json under the given folders.")
+        left_out = f" ({len(excluded)} excluded: {', '.join(e.path for e in excluded)})"
+        raise ValueError(
+            "No run summary.json under the given folders" + (left_out if excluded else "") + "."
+        )
     stl_runs = [(p, s) for p, s in summaries if len(s["tasks"]) == 1]
     mtl_runs = [(p, s) for p, s in summaries if len(s["tasks"]) > 1]
     stl = _stl_row(stl_runs) if mtl_runs else None
@@ -248,29 +343,66 @@ def build_report(dirs: Iterable[str | os.PathLike]) -> Report:
                 higher.setdefault((task, metric), bool(h))
     columns = list(dict.fromkeys(c for row in rows for c in row.values))
 
-    notes = []
     if stl is not None:
-        baseline: dict[str, dict[str, float]] = {}
-        for (task, metric), values in stl.values.items():
-            baseline.setdefault(task, {})[metric] = float(np.mean(values))
+        problems = _baseline_problems(stl_runs, excluded)
         for row, (_, runs) in zip(rows, groups, strict=True):
-            if all(task in baseline for _, s in runs for task in s["tasks"]):
-                try:
-                    row.delta_m = np.array(
-                        [delta_m(s["test"], baseline, s["higher_is_better"]) for _, s in runs]
-                    )
-                    row.delta_p = np.array(
-                        [delta_p(s["test"], baseline, s["higher_is_better"]) for _, s in runs]
-                    )
-                except ValueError as error:
-                    notes.append(f"{row.label}: no Δm% or Δp: {error}")
+            notes += _add_deltas(row, runs, stl, problems)
 
     ranked = [c for c in columns if all(c in row.values for row in rows)]
     if ranked:
         means = np.array([[np.mean(row.values[c]) for c in ranked] for row in rows])
         for row, rank in zip(rows, mean_ranks(means, [higher[c] for c in ranked]), strict=True):
             row.rank = float(rank)
-    return Report(columns, {c: higher[c] for c in columns}, rows, stl, notes)
+    return Report(columns, {c: higher[c] for c in columns}, rows, stl, notes, excluded)
+
+
+def _baseline_problems(
+    stl_runs: Sequence[tuple[str, dict]], excluded: Sequence[Excluded]
+) -> dict[str, str]:
+    """``{task: why its single-task baseline is incomplete}``: an excluded STL run of it, or
+    fewer seeds than another task's baseline."""
+    problems: dict[str, list[str]] = {}
+    for e in excluded:
+        if e.stl_task is not None:
+            problems.setdefault(e.stl_task, []).append(f"{e.path} excluded")
+    seeds: dict[str, set[int]] = {}
+    for _, summary in stl_runs:
+        seeds.setdefault(summary["tasks"][0], set()).add(int(summary["config"]["seed"]))
+    every = set().union(*seeds.values()) if seeds else set()
+    for task, have in seeds.items():
+        if have != every and task not in problems:  # an excluded run already says why
+            problems[task] = [f"no seed {sorted(every - have)}"]
+    return {task: "; ".join(why) for task, why in problems.items()}
+
+
+def _add_deltas(
+    row: Row, runs: Sequence[tuple[str, dict]], stl: Row, problems: Mapping[str, str]
+) -> list[str]:
+    """Sets ``row``'s Δm% and Δp against the STL row when its baseline is complete; returns
+    the notes on what kept them from being computed."""
+    tasks = list(dict.fromkeys(t for _, s in runs for t in s["tasks"]))
+    baseline: dict[str, dict[str, float]] = {}
+    for (task, metric), values in stl.values.items():
+        baseline.setdefault(task, {})[metric] = float(np.mean(values))
+    missing = [t for t in tasks if t not in baseline]
+    broken = {t: problems[t] for t in tasks if t in problems}
+    if missing or broken:
+        row.baseline_note = "baseline incomplete" if broken else "no baseline"
+        why = [f"no single-task run of task(s) {missing}"] if missing else []
+        why += [
+            f"the single-task baseline of task {t!r} is incomplete ({w})" for t, w in broken.items()
+        ]
+        return [f"{row.label}: no Δm% or Δp: {'; '.join(why)}"]
+    try:
+        row.delta_m = np.array(
+            [delta_m(s["test"], baseline, s["higher_is_better"]) for _, s in runs]
+        )
+        row.delta_p = np.array(
+            [delta_p(s["test"], baseline, s["higher_is_better"]) for _, s in runs]
+        )
+    except ValueError as error:
+        return [f"{row.label}: no Δm% or Δp: {error}"]
+    return []
 
 
 def _arrow(higher: bool) -> str:
@@ -285,7 +417,8 @@ def _cells(report: Report, row: Row) -> list[tuple[float, float] | None]:
 
 
 def to_markdown(report: Report) -> str:
-    """A Markdown table: mean ± std over seeds, Δm% and Δp in percent, mean rank."""
+    """A Markdown table: mean ± std over seeds, Δm% and Δp in percent, mean rank; then the
+    notes (excluded runs first), when there are any."""
     headers = [
         "method",
         "runs",
@@ -299,15 +432,20 @@ def to_markdown(report: Report) -> str:
     digits = [4] * len(report.columns) + [2, 2]
     for row in rows:
         cells = [row.label, str(len(row.seeds))]
-        for cell, d in zip(_cells(report, row), digits, strict=True):
+        deltas = len(report.columns)
+        for i, (cell, d) in enumerate(zip(_cells(report, row), digits, strict=True)):
             if cell is None:
-                cells.append("–")
+                cells.append(row.baseline_note if i >= deltas and row.baseline_note else "–")
             elif np.isnan(cell[1]):
                 cells.append(f"{cell[0]:.{d}f}")
             else:
                 cells.append(f"{cell[0]:.{d}f} ± {cell[1]:.{d}f}")
         cells.append("–" if row.rank is None else f"{row.rank:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
+    if report.notes:
+        count = len(report.excluded)
+        left_out = f" ({count} run{'s' * (count != 1)} excluded)" if count else ""
+        lines += ["", f"Notes{left_out}:", *(f"- {note}" for note in report.notes)]
     return "\n".join(lines)
 
 

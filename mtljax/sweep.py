@@ -23,6 +23,13 @@ sweep takes the Cartesian product of all grids, or ``--random N`` distinct point
 with a seeded generator. A ``method.kw.<name>`` key only applies to methods whose factory takes
 ``<name>``: ``--methods ew,cagrad --grid method.kw.c=0.2,0.4`` runs EW once and CAGrad twice.
 Single-task baselines use the base config (method EW, no grid).
+
+A sweep never plans one run twice: a seed, method or grid value given twice (``--seeds 0,0``)
+is an error that names it. Two sweeps may work on one folder at once (two shells, or a shard
+started twice): each run is trained under an exclusive lock (:mod:`mtljax.runlock`,
+``<run folder>.lock``), and a sweep that finds a run locked by another process skips it with
+one line naming that process; run the sweep again afterwards to pick up anything the other
+process did not finish.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from mtljax.config import OUTPUT_FIELDS, RunConfig, canonical_path, changed_fiel
 from mtljax.methods import REGISTRY, get_factory
 from mtljax.run import experiment, run
 from mtljax.run.summary import SUMMARY
+from mtljax.runlock import RunLock, lock_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +68,12 @@ class PlannedRun:
 
 @dataclasses.dataclass
 class SweepResult:
-    """Names (``label/seed<k>``) of the runs trained, skipped as complete, and failed."""
+    """Names (``label/seed<k>``) of the runs trained, skipped as complete, skipped because
+    another process was training them (``busy``), and failed."""
 
     ran: list[str] = dataclasses.field(default_factory=list)
     skipped: list[str] = dataclasses.field(default_factory=list)
+    busy: list[str] = dataclasses.field(default_factory=list)
     failed: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> error
 
 
@@ -90,7 +100,17 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
         if key in grid:
             raise ValueError(f"--grid key {key!r} given twice.")
         grid[key] = parse_list(values)
+        _check_unique(grid[key], f"--grid {key}")
     return grid
+
+
+def _check_unique(values: Sequence[Any], what: str) -> None:
+    """Raises ``ValueError`` naming the first value that ``values`` holds twice."""
+    seen = []
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{what} lists {value!r} twice; each value is one run.")
+        seen.append(value)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -171,11 +191,14 @@ def plan_sweep(
       stl_tasks: tasks that get a single-task baseline (method EW) per seed.
 
     Raises:
-      ValueError: no methods or seeds, an unknown method, a ``method.kw`` grid key that no
-        method takes, or a grid value the config rejects.
+      ValueError: no methods or seeds, a method, seed or grid value given twice, an unknown
+        method, a ``method.kw`` grid key that no method takes, a grid value the config
+        rejects, or two runs that would share a folder.
     """
     if not methods or not seeds:
         raise ValueError("A sweep needs at least one method and one seed.")
+    _check_unique(seeds, "--seeds")
+    _check_unique(methods, "--methods")
     unknown = [m for m in methods if m not in REGISTRY]
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown}; known: {', '.join(REGISTRY)}.")
@@ -198,6 +221,15 @@ def plan_sweep(
         applicable = {k: v for k, v in grid.items() if _accepts(method, k)}
         for point in grid_points(applicable, random=random, random_seed=random_seed):
             add(_label(method, point), {"method.name": method, **point})
+    folders: dict[str, PlannedRun] = {}
+    for planned in runs:
+        other = folders.setdefault(planned.config.workdir, planned)
+        if other is not planned:  # grid values that differ only in characters not folder-safe
+            differ = changed_fields(other.config.to_dict(), planned.config.to_dict(), ())
+            raise ValueError(
+                f"Two runs of the sweep (differing in {differ}) would share the folder "
+                f"{planned.config.workdir}; spell their grid values differently."
+            )
     return runs
 
 
@@ -244,8 +276,10 @@ def run_sweep(
 ) -> SweepResult:
     """Trains the runs that are not complete, in order; see the module docstring.
 
-    A run that raises is recorded in ``failed`` (its folder stays incomplete, so the next
-    invocation retries it) and the sweep goes on.
+    Each run is trained under its lock (:mod:`mtljax.runlock`); a run whose lock another
+    process holds is recorded in ``busy`` and skipped. A run that raises is recorded in
+    ``failed`` (its folder stays incomplete, so the next invocation retries it) and the sweep
+    goes on.
 
     Args:
       runs: from :func:`plan_sweep` (or :func:`shard`).
@@ -257,39 +291,65 @@ def run_sweep(
     cache = dict(data or {})
     for index, planned in enumerate(runs, 1):
         prefix = f"[{index}/{len(runs)}] {planned.name}"
-        status = run_status(planned)
-        if status == "complete":
-            result.skipped.append(planned.name)
-            log(f"{prefix}: complete, skipped")
-            continue
-        key = _dataset_key(planned.config)
-        if key not in cache:
-            cache[key] = experiment.load_data(planned.config)
-        start = time.perf_counter()
+        lock = RunLock(lock_path(planned.config.workdir))
         try:
-            summary = run(
-                planned.config,
-                data=cache[key],
-                progress=False,
-                resume=status == "incomplete" and bool(planned.config.schedule.checkpoint_every),
-                overwrite=True,  # a summary cut off while being written counts as incomplete
-            )
-        except Exception as error:  # noqa: BLE001 - one failing run must not stop the sweep
-            result.failed[planned.name] = f"{type(error).__name__}: {error}"
-            log(f"{prefix}: FAILED {type(error).__name__}: {error}")
-            log(traceback.format_exc(limit=-3))
+            acquired = lock.acquire()
+        except OSError as error:  # e.g. the sweep folder is not writable
+            result.failed[planned.name] = f"cannot lock the run: {error}"
+            log(f"{prefix}: FAILED cannot lock the run: {error}")
             continue
-        result.ran.append(planned.name)
-        # Each task's first metric is its headline metric.
-        test = ", ".join(
-            f"{t} {m} {v:.4f}" for t, ms in summary["test"].items() for m, v in list(ms.items())[:1]
-        )
-        again = ""
-        if status == "incomplete":
-            resumed = summary.get("resumed_from", 0)
-            again = f" (resumed from step {resumed})" if resumed else " (was incomplete: re-run)"
-        log(f"{prefix}: test {test} ({time.perf_counter() - start:.1f} s){again}")
+        if not acquired:
+            result.busy.append(planned.name)
+            log(f"{prefix}: being trained by another process ({lock.holder()}), skipped")
+            continue
+        try:
+            # The status is read under the lock: the other process may have just finished it.
+            _train_one(planned, run_status(planned), prefix, cache, result, log)
+        finally:
+            lock.release()
     return result
+
+
+def _train_one(
+    planned: PlannedRun,
+    status: str,
+    prefix: str,
+    cache: dict,
+    result: SweepResult,
+    log: Callable[[str], None],
+) -> None:
+    """Skips a complete run, or trains it and records the outcome in ``result``."""
+    if status == "complete":
+        result.skipped.append(planned.name)
+        log(f"{prefix}: complete, skipped")
+        return
+    key = _dataset_key(planned.config)
+    if key not in cache:
+        cache[key] = experiment.load_data(planned.config)
+    start = time.perf_counter()
+    try:
+        summary = run(
+            planned.config,
+            data=cache[key],
+            progress=False,
+            resume=status == "incomplete" and bool(planned.config.schedule.checkpoint_every),
+            overwrite=True,  # a summary cut off while being written counts as incomplete
+        )
+    except Exception as error:  # noqa: BLE001 - one failing run must not stop the sweep
+        result.failed[planned.name] = f"{type(error).__name__}: {error}"
+        log(f"{prefix}: FAILED {type(error).__name__}: {error}")
+        log(traceback.format_exc(limit=-3))
+        return
+    result.ran.append(planned.name)
+    # Each task's first metric is its headline metric.
+    test = ", ".join(
+        f"{t} {m} {v:.4f}" for t, ms in summary["test"].items() for m, v in list(ms.items())[:1]
+    )
+    again = ""
+    if status == "incomplete":
+        resumed = summary.get("resumed_from", 0)
+        again = f" (resumed from step {resumed})" if resumed else " (was incomplete: re-run)"
+    log(f"{prefix}: test {test} ({time.perf_counter() - start:.1f} s){again}")
 
 
 def sweep(

@@ -17,6 +17,7 @@ from mtljax.config import (
     ALIASES,
     OUTPUT_FIELDS,
     RESUMABLE_FIELDS,
+    ConfigError,
     RunConfig,
     canonical_path,
     changed_fields,
@@ -106,7 +107,7 @@ def test_typed_overrides_and_aliases():
         ("steps=true", "schedule.steps expects an integer, got 'true'"),
         ("steps=5.5", "schedule.steps expects an integer, got '5.5'"),
         ("lr=fast", "optimizer.lr expects a number, got 'fast'"),
-        ("tensorboard=maybe", "tensorboard expects true or false, got 'maybe'"),
+        ("tensorboard=maybe", r"tensorboard expects true or false \(or yes/no, 1/0\), got 'maybe'"),
         ("data.tasks=[1]", r"data.tasks\[0\] expects a string, got 1"),
         ("method.kw=[1]", r"method.kw expects a JSON object, got '\[1\]'"),
         ("schedule.steps=0", "schedule.steps must be a positive integer, got 0"),
@@ -118,12 +119,12 @@ def test_typed_overrides_and_aliases():
     ],
 )
 def test_override_errors_name_the_field_and_type(override, message, capsys):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         RunConfig().replace(parse_overrides([override]))
-    assert main(["run", "multidigits", "--set", override]) == 1
+    assert main(["run", "multidigits", "--set", override]) == 2  # a usage error
     err = capsys.readouterr().err
     assert err.startswith("mtljax: error: ") and len(err.strip().splitlines()) == 1
-    with pytest.raises(ValueError, match="key=value"):
+    with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["steps"])
 
 
@@ -160,7 +161,7 @@ def test_configs_ship_in_the_package_and_files_load(tmp_path, monkeypatch, capsy
     )
     with pytest.raises(ValueError, match="multidigits"):
         configs.load("no_such_config")
-    assert main(["run", str(tmp_path / "missing.py")]) == 1
+    assert main(["run", str(tmp_path / "missing.py")]) == 2
     assert "No config file" in capsys.readouterr().err
 
 
@@ -222,7 +223,7 @@ def test_finished_workdir_is_refused_then_overwritten(tmp_path, cached_data, cap
     first = (tmp_path / "summary.json").read_text()
     (tmp_path / "plot_losses.png").write_bytes(b"old")
     (tmp_path / "notes.txt").write_text("mine")
-    assert main([*args, "--set", "seed=1"]) == 1
+    assert main([*args, "--set", "seed=1"]) == 2
     err = capsys.readouterr().err
     assert "finished run" in err and "--resume" in err and "--overwrite" in err
     assert (tmp_path / "summary.json").read_text() == first  # untouched
@@ -270,9 +271,9 @@ def test_nonfinite_skip_logs_and_continues(tmp_path, small_data, monkeypatch, po
 
 def test_unknown_names_fail_before_training(capsys):
     for override, message in (
-        ("optimizer.name=lbfgs", "Unknown optimizer 'lbfgs'; known: adam, adamw, sgd"),
-        ("method.name=nope", "nope"),
-        ("data.name=nope", "Unknown dataset 'nope'"),
+        ("optimizer.name=lbfgs", "optimizer.name: unknown optimizer 'lbfgs'; known: adam, adamw"),
+        ("method.name=nope", "method.name: Unknown method 'nope'"),
+        ("data.name=nope", "data.name: Unknown dataset 'nope'"),
     ):
-        assert main(["run", "multidigits", "--set", override]) == 1
+        assert main(["run", "multidigits", "--set", override]) == 2
         assert message in capsys.readouterr().err

@@ -297,3 +297,38 @@ def test_instance_wise_errors_name_the_row_count():
     with pytest.raises(ValueError, match="not a multiple"):
         mtljax.make_train_step(loss, tasks, mtljax.get_method("upgrad", 7), optax.sgd(0.1),
                                instance_wise=True)
+
+
+def test_loss_only_step_flags_the_task_whose_gradient_overflows():
+    """EW, float32: task t1's loss ``L + 1e10 sin(1e30 L)`` is finite, but its gradient
+    (about 1e40 × ∇L) overflows. The plain one-backward step finds and flags t1 (and skips)."""
+    tasks, base, params, batch = mlp_problem(dtype=jnp.float32)
+
+    def decode(p, rep, b):
+        losses, aux = base.decode(p, rep, b)
+        return dict(losses, t1=losses["t1"] + 1e10 * jnp.sin(1e30 * losses["t1"])), aux
+
+    loss = mtljax.MultiTaskLoss(base.encode, decode)
+    method = mtljax.get_method("ew", 3)
+    state = mtljax.init_train_state(params, optax.sgd(0.1), method)
+    step = mtljax.make_train_step(loss, tasks, method, optax.sgd(0.1), diagnostics=False)
+    assert step.engine == "loss"
+    _, metrics = jax.jit(step)(state, batch)
+    assert bool(jnp.all(jnp.isfinite(metrics["losses"])))
+    assert metrics["nonfinite"].tolist() == [False, True, False]
+    assert bool(metrics["skipped"])
+
+
+def test_loss_only_diagnostics_only_on_every_kth_step():
+    tasks, loss, params, batch = mlp_problem()
+    method = mtljax.get_method("ew", 3)
+    opt = optax.sgd(0.01)
+    step = jax.jit(mtljax.make_train_step(loss, tasks, method, opt, diagnostics_every=2))
+    state = mtljax.init_train_state(params, opt, method)
+    exact = jax.jit(mtljax.make_train_step(loss, tasks, method, opt, engine="jacobian"))
+    _, reference = exact(state, batch)
+    state, first = step(state, batch)
+    _, second = step(state, batch)
+    assert bool(first["diagnosed"]) and not bool(second["diagnosed"])
+    np.testing.assert_allclose(first["cosine"], reference["cosine"], rtol=1e-10)
+    assert bool(jnp.all(jnp.isnan(second["cosine"])))

@@ -1,6 +1,7 @@
 """The multi-process launcher and the multi-host recipe (``experiments/multihost_train.py``)."""
 
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,9 +44,89 @@ def test_a_failed_process_stops_its_peers(cpu_children):
             "if os.environ['MTLJAX_PROCESS_ID'] == '1': sys.exit(3)\n"
             "time.sleep(60)")
     start = time.monotonic()
-    codes = launch.launch_local([sys.executable, "-c", code], 2, timeout=JOB_TIMEOUT)
+    lines = []
+    codes = launch.launch_local([sys.executable, "-c", code], 2, timeout=JOB_TIMEOUT,
+                                log=lines.append)
     assert codes == [-signal.SIGTERM, 3]
     assert time.monotonic() - start < 30
+    assert lines == ["process 1 failed first (exit code 3); stopping the others"]
+
+
+# A launcher in a subprocess, its two processes sleeping (each writes its PID first). launch.py
+# is loaded from its file: it needs nothing else from mtljax, so the launcher starts quickly.
+LAUNCHER = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("launch", sys.argv[1])
+launch = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(launch)
+child = "import os, sys, time; open(sys.argv[1] + os.getenv('MTLJAX_PROCESS_ID'), 'w').write("
+child += "str(os.getpid())); time.sleep(60)"
+try:
+    launch.launch_local([sys.executable, "-c", child, sys.argv[2]], 2, grace_seconds=2)
+except launch.LaunchInterrupted as error:
+    print(f"{type(error).__name__}: {error}")
+"""
+
+
+def start_launcher(tmp_path):
+    """The launcher process and its children's PIDs, once both children run."""
+    module = Path(launch.__file__)
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(module), str(tmp_path / "pid")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    paths = [tmp_path / f"pid{i}" for i in range(2)]
+    end = time.monotonic() + 60
+    while not all(p.exists() and p.read_text() for p in paths) and time.monotonic() < end:
+        time.sleep(0.05)
+    return proc, [int(p.read_text()) for p in paths]
+
+
+def alive(pid):
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by its new parent, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def gone_within(pids, seconds):
+    end = time.monotonic() + seconds
+    while any(map(alive, pids)) and time.monotonic() < end:
+        time.sleep(0.05)
+    return not any(map(alive, pids))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_processes_die_with_a_launcher_killed_by_sigkill(tmp_path, cpu_children):
+    proc, pids = start_launcher(tmp_path)
+    assert all(map(alive, pids))
+    proc.kill()
+    proc.wait(timeout=10)
+    assert gone_within(pids, 5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize(("signum", "what"), [(signal.SIGINT, "interrupted (Ctrl-C)"),
+                                               (signal.SIGTERM, "interrupted by SIGTERM")])
+def test_interrupted_launcher_stops_its_processes_and_says_so(tmp_path, cpu_children, signum,
+                                                              what):
+    proc, pids = start_launcher(tmp_path)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    assert gone_within(pids, 5)
+    assert out == f"LaunchInterrupted: {what}: stopped the job's 2 processes\n"
+    assert err == "" and proc.returncode == 0  # quiet processes: SIGTERM, not a traceback
+
+
+def test_cli_prints_one_line_when_interrupted(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise launch.LaunchInterrupted("interrupted (Ctrl-C): stopped the job's 2 processes")
+
+    monkeypatch.setattr(launch, "launch_local", interrupted)
+    assert main(["launch", "-n", "2", "--", "true"]) == 130
+    assert capsys.readouterr().err == (
+        "mtljax: interrupted (Ctrl-C): stopped the job's 2 processes\n"
+    )
 
 
 def test_timeout_stops_every_process(cpu_children):
@@ -84,3 +165,5 @@ def test_launch_rejects_bad_arguments():
         launch.launch_local(["true"], 0)
     with pytest.raises(ValueError, match="needs a command"):
         launch.launch_local([], 2)
+    with pytest.raises(ValueError, match="no program 'no-such-program' "):
+        launch.launch_local(["no-such-program", "--flag"], 2)

@@ -367,3 +367,53 @@ def test_method_registered_in_a_config_file_sweeps_and_reports(tmp_path, cached_
         assert all(np.isfinite(float(rows[m]["delta_m"])) for m in rows if m != "STL")
     finally:
         unregister_method("unit_sum")
+
+
+def test_report_names_broken_runs_and_withholds_a_broken_baselines_delta_m(tmp_path, capsys):
+    """An empty, a half-written and a missing summary: each is named, none stops the report,
+    and Δm% is withheld (not computed against a smaller baseline) while a baseline is broken."""
+    _, groups = fake_sweep(tmp_path, np.random.default_rng(2))
+    (tmp_path / "stl_right" / "seed1" / "summary.json").write_text("{}")
+    half = tmp_path / "ew" / "seed2" / "summary.json"
+    half.write_text(half.read_text()[:100])
+    (tmp_path / "ew" / "seed3").mkdir()
+    (tmp_path / "ew" / "seed3" / "metrics.jsonl").write_text('{"step": 1}\n')
+
+    report = build_report([tmp_path])
+    assert [(e.path, e.stl_task) for e in report.excluded] == [
+        (str(half), None),
+        (str(tmp_path / "stl_right" / "seed1" / "summary.json"), "right"),
+        (str(tmp_path / "ew" / "seed3"), None),
+    ]
+    reasons = [e.reason for e in report.excluded]
+    assert reasons[0].startswith("not valid JSON (") and reasons[1] == "empty ({})"
+    assert reasons[2] == "no summary.json (still training, or interrupted)"
+    rows = {row.label: row for row in report.rows}
+    assert len(rows["ew"].seeds) == 2 and len(report.stl.values[("right", "accuracy")]) == 1
+    assert all(r.delta_m is None for r in rows.values())
+    assert {r.baseline_note for r in rows.values()} == {"baseline incomplete"}
+    broken = f"task 'right' is incomplete ({report.excluded[1].path} excluded)"
+    assert report.notes[3:] == [f"{label}: no Δm% or Δp: the single-task baseline of {broken}"
+                                for label in groups]  # fmt: skip
+
+    assert main(["report", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[:3] == [f"mtljax report: excluded {e.path}: {e.reason}"
+                                    for e in report.excluded]  # fmt: skip
+    assert "| baseline incomplete | baseline incomplete |" in out
+    assert "Notes (3 runs excluded):" in out and f"- excluded {half}: not valid JSON" in out
+
+    # Fixed, but one baseline seed never ran: still withheld, and said so.
+    (tmp_path / "stl_right" / "seed1" / "summary.json").unlink()
+    (tmp_path / "stl_right" / "seed1").rmdir()
+    report = build_report([tmp_path])
+    assert report.notes[-1] == (
+        "ew: no Δm% or Δp: the single-task baseline of task 'right' is incomplete (no seed [1])"
+    )
+    # Baselines complete again: a broken multi-task run only leaves its own row a run short.
+    write_summary(tmp_path / "stl_right" / "seed1", method="ew", seed=1, tasks=["right"],
+                  test={"right": {"accuracy": 0.9, "cross_entropy": 0.2}})  # fmt: skip
+    report = build_report([tmp_path])
+    assert all(r.delta_m is not None and r.baseline_note is None for r in report.rows)
+    with pytest.raises(ValueError, match=r"No run summary.json .*\(1 excluded: .*seed2"):
+        build_report([tmp_path / "ew" / "seed2"])

@@ -1,8 +1,11 @@
 """TensorBoard event files: the same scalars as ``metrics.jsonl``, and nothing without the extra."""
 
 import math
+import signal
 import struct
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ import pytest
 from mtljax.config import RunConfig
 from mtljax.metrics_log import read_jsonl
 from mtljax.run import run
-from mtljax.tensorboard import record_scalars
+from mtljax.tensorboard import open_tensorboard, record_scalars
 
 SMALL = RunConfig().replace(
     {
@@ -44,8 +47,8 @@ def masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def read_scalars(logdir) -> dict[str, dict[int, float]]:
-    """``{tag: {step: value}}`` from every event file in ``logdir``.
+def read_events(logdir) -> list:
+    """Every ``Event`` of the event files in ``logdir``, in file order.
 
     An event file is a sequence of TFRecords: ``uint64 length``, ``uint32 masked_crc(length
     bytes)``, ``length`` bytes of a serialized ``Event`` proto, ``uint32 masked_crc(data)``,
@@ -53,7 +56,7 @@ def read_scalars(logdir) -> dict[str, dict[int, float]]:
     """
     from tensorboardX.proto.event_pb2 import Event
 
-    scalars: dict[str, dict[int, float]] = {}
+    events = []
     files = sorted(logdir.glob("events.out.tfevents.*"))
     assert files, f"no event file in {logdir}"
     for path in files:
@@ -67,9 +70,16 @@ def read_scalars(logdir) -> dict[str, dict[int, float]]:
             (data_crc,) = struct.unpack("<I", raw[offset + 12 + length : offset + 16 + length])
             assert header_crc == masked_crc32c(header) and data_crc == masked_crc32c(data)
             offset += 16 + length
-            event = Event.FromString(data)
-            for value in event.summary.value:
-                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+            events.append(Event.FromString(data))
+    return events
+
+
+def read_scalars(logdir) -> dict[str, dict[int, float]]:
+    """``{tag: {step: value}}`` from every event file in ``logdir``."""
+    scalars: dict[str, dict[int, float]] = {}
+    for event in read_events(logdir):
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, {})[event.step] = value.simple_value
     return scalars
 
 
@@ -109,9 +119,10 @@ def test_record_scalars_tags():
 
 def test_event_file_holds_the_metrics_jsonl_values(tmp_path, small_data):
     pytest.importorskip("tensorboardX")
-    summary = run(
-        SMALL.replace({"method.name": "pcgrad", "workdir": str(tmp_path)}), data=small_data
-    )
+    # Diagnostics at every step: one compiled step (the plain one is never called).
+    schedule = {"steps": 6, "eval_every": 3, "log_every": 3, "diagnostics_every": 1}
+    config = SMALL.replace({"schedule": schedule, "method.name": "ew"})
+    summary = run(config.replace({"workdir": str(tmp_path)}), data=small_data)
     assert summary["tensorboard"] is True
     tb = read_scalars(tmp_path / "tb")
     records = read_jsonl(tmp_path / "metrics.jsonl")
@@ -137,16 +148,54 @@ def test_event_file_holds_the_metrics_jsonl_values(tmp_path, small_data):
         assert tb[key] == {r["step"]: f32(r[key]) for r in diag}
 
 
-def test_disabled_writes_no_tb_folder(tmp_path, small_data):
-    summary = run(SMALL.replace({"tensorboard": False, "workdir": str(tmp_path)}), data=small_data)
+def test_disabled_or_without_tensorboardx_no_tb_folder(tmp_path, small_data, monkeypatch):
+    tiny = {"schedule": {"steps": 2, "eval_every": 2, "log_every": 1, "diagnostics_every": 0}}
+    config = SMALL.replace({**tiny, "tensorboard": False, "workdir": str(tmp_path / "off")})
+    summary = run(config, data=small_data)
     assert summary["tensorboard"] is False
-    assert (tmp_path / "metrics.jsonl").is_file()
-    assert not (tmp_path / "tb").exists()
-
-
-def test_without_tensorboardx_the_run_goes_on(tmp_path, small_data, monkeypatch):
+    assert (tmp_path / "off" / "metrics.jsonl").is_file()
+    assert not (tmp_path / "off" / "tb").exists()
+    # Without tensorboardX the runner gets no writer (and records "tensorboard": false).
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # makes `import tensorboardX` fail
-    summary = run(SMALL.replace({"workdir": str(tmp_path)}), data=small_data)
-    assert summary["tensorboard"] is False
-    assert read_jsonl(tmp_path / "metrics.jsonl")
+    assert open_tensorboard(tmp_path / "tb", ["a", "b"]) is None
     assert not (tmp_path / "tb").exists()
+
+
+# Writes records through both writers, as the runner does, then dies by SIGKILL. Loaded from
+# their files, the two modules need neither JAX nor the rest of mtljax: the process is quick.
+KILLED_WRITER = """
+import importlib.util, os, signal, sys
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(sys.argv[1], name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+tensorboard, metrics_log = load("tensorboard"), load("metrics_log")
+out = sys.argv[2]
+jsonl = metrics_log.JsonlWriter(os.path.join(out, "metrics.jsonl"))
+tb = tensorboard.TensorBoardWriter(os.path.join(out, "tb"), ["a", "b"], purge_step=int(sys.argv[3]))
+for step in range(1, 12):
+    record = {"step": step, "losses": {"a": 1 / step, "b": None}, "cosine": [[1, -0.5], [-0.5, 1]]}
+    jsonl.write(record)
+    tb.write(record)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_run_keeps_every_logged_step_in_its_event_file(tmp_path):
+    """SIGKILL right after the last write: the event file holds what metrics.jsonl holds."""
+    pytest.importorskip("tensorboardX")
+    package = Path(__file__).parents[1] / "mtljax"
+    command = [sys.executable, "-c", KILLED_WRITER, str(package), str(tmp_path), "3"]
+    assert subprocess.run(command, timeout=60).returncode == -signal.SIGKILL
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 12))
+    tb = read_scalars(tmp_path / "tb")
+    assert tb["loss/a"] == {r["step"]: float(np.float32(r["losses"]["a"])) for r in records}
+    assert sorted(tb["loss/b"]) == list(range(1, 12))
+    assert all(math.isnan(v) for v in tb["loss/b"].values())
+    assert tb["cosine/a-b"] == dict.fromkeys(range(1, 12), -0.5)
+    start = read_events(tmp_path / "tb")[1]
+    assert (start.step, start.session_log.status) == (3, 1)  # SessionLog.START: purge from 3

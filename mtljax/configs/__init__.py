@@ -19,11 +19,12 @@ import importlib
 import importlib.resources
 import importlib.util
 import pkgutil
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from mtljax.config import RunConfig, as_config
+from mtljax.config import ConfigError, RunConfig, as_config
 
 
 def names() -> list[str]:
@@ -66,10 +67,20 @@ def load(spec: str) -> RunConfig | Any:
 
     Raises:
       ValueError: no such config, or no ``get_config`` in it.
+      ConfigError: ``get_config`` returned something else (naming its file and line).
     """
     name, _, arg = spec.partition(":")
     module = _module(name)
     if not hasattr(module, "get_config"):
         raise ValueError(f"Config {name!r} has no get_config(arg=None) function.")
     config = module.get_config(arg or None)
-    return config if hasattr(config, "run") and hasattr(config, "table") else as_config(config)
+    if hasattr(config, "run") and hasattr(config, "table"):
+        return config
+    if not isinstance(config, RunConfig | Mapping):
+        code = module.get_config.__code__
+        raise ConfigError(
+            f"{code.co_filename}, line {code.co_firstlineno}: get_config returned "
+            f"{type(config).__name__}; it must return a RunConfig, a dict of its fields or a "
+            "benchmark."
+        )
+    return as_config(config)

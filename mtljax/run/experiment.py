@@ -5,12 +5,16 @@ the pieces the loop needs: the tasks (each with its loss and metrics, :mod:`mtlj
 the loss of the NNX model (:func:`mtljax.metrics.task_losses` through
 :func:`mtljax.nnx_bridge.model_loss`, so the aux's ``"present"`` mask reaches the step), the
 method, the optimizer, the initial train state, the train iterator and the evaluation
-(:func:`mtljax.metrics.make_evaluator`, compiled once).
+(:func:`mtljax.metrics.make_evaluator`, compiled once). :func:`check` validates the names and
+hyper-parameters first, before any data is loaded or any file is touched.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -19,11 +23,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mtljax.config import OptimizerConfig, RunConfig
+from mtljax.config import ConfigError, MethodConfig, OptimizerConfig, RunConfig, coerce
 from mtljax.data.loader import BatchIterator
 from mtljax.data.multi_input import MultiInputDataset, MultiInputIterator
 from mtljax.data.registry import dataset_entry, load_dataset
-from mtljax.methods import Method, get_method
+from mtljax.methods import REGISTRY, Method, get_factory, get_method
 from mtljax.metrics import make_evaluator, task_losses
 from mtljax.models.multi_input import multi_input_loss
 from mtljax.models.registry import build_architecture
@@ -70,8 +74,93 @@ def load_data(config: RunConfig):
 
 
 def select_tasks(all_tasks: Tasks, names: tuple[str, ...] | None) -> Tasks:
-    """The tasks named ``names`` (all when ``None``), in the given order."""
-    return all_tasks if names is None else Tasks([all_tasks[all_tasks.index(n)] for n in names])
+    """The tasks named ``names`` (all when ``None``), in the given order.
+
+    Raises:
+      ConfigError: a name that is not one of ``all_tasks``.
+    """
+    if names is None:
+        return all_tasks
+    unknown = [n for n in names if n not in all_tasks.names]
+    if unknown:
+        raise ConfigError(
+            f"data.tasks: unknown task(s) {unknown}; the dataset's tasks are "
+            f"{list(all_tasks.names)}."
+        )
+    return Tasks([all_tasks[all_tasks.index(n)] for n in names])
+
+
+def check(config: RunConfig) -> None:
+    """Checks the dataset, method and optimizer of ``config`` without loading or building them.
+
+    Raises:
+      ConfigError: an unknown dataset, method or optimizer name (listing the known ones), a
+        hyper-parameter the method does not take or of the wrong type (:func:`check_method`),
+        an unknown optimizer argument.
+    """
+    try:
+        dataset_entry(config.data.name)
+    except ValueError as error:
+        raise ConfigError(f"data.name: {error}") from None
+    check_method(config.method)
+    build_optimizer(config.optimizer)
+
+
+# The annotations a hyper-parameter's value is checked against (one of them, or one | None).
+_SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "dict": dict}
+
+
+def check_method(config: MethodConfig) -> None:
+    """Checks ``method.kw`` against the signature of the method's factory.
+
+    Every key must be a keyword-only parameter of the factory that the registry name does not
+    preset (any key, when the factory takes ``**kwargs``). A value is checked against the
+    parameter's annotation, by :func:`mtljax.config.coerce`, when the annotation is a plain
+    ``int``, ``float``, ``bool``, ``str`` or ``dict`` (or one of them ``| None``): so
+    ``method.kw.c=abc`` fails here, naming the field, not inside the factory.
+
+    Raises:
+      ConfigError: an unknown method name, a key the method does not take (naming the ones it
+        does), or a value of the wrong type.
+    """
+    try:
+        factory = get_factory(config.name)
+    except ValueError as error:
+        raise ConfigError(f"method.name: {error}") from None
+    presets = REGISTRY[config.name].presets
+    parameters = inspect.signature(factory).parameters
+    takes = [
+        p.name for p in parameters.values() if p.kind is p.KEYWORD_ONLY and p.name not in presets
+    ]
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    for key, value in config.kw.items():
+        field = f"method.kw.{key}"
+        if key in presets:
+            raise ConfigError(
+                f"{field}: method {config.name!r} fixes {key}={presets[key]!r}; set "
+                "method.name to another registry name to change it (mtljax methods)."
+            )
+        if key not in takes:
+            if open_ended:
+                continue
+            raise ConfigError(
+                f"{field}: method {config.name!r} has no hyper-parameter {key!r}; its "
+                f"hyper-parameters: {', '.join(takes) or 'none'}."
+            )
+        hint = _simple_hint(parameters[key].annotation)
+        if hint is not None:
+            coerce(field, hint, value)
+
+
+def _simple_hint(annotation):
+    """The type ``annotation`` names when it is built of :data:`_SIMPLE_TYPES` and ``None``
+    (``"float | None"`` -> ``float | None``); ``None`` for any other annotation."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    parts = [part.strip() for part in text.split("|")]
+    simple = {**_SIMPLE_TYPES, "None": type(None)}
+    if not text or not all(part in simple for part in parts):
+        return None
+    return functools.reduce(operator.or_, (simple[part] for part in parts))
 
 
 def build_model(config: RunConfig, input_shape, tasks: Tasks) -> nnx.Module:
@@ -87,14 +176,22 @@ def build_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     """``optax.<name>(lr, **kw)``.
 
     Raises:
-      ValueError: an unknown optimizer or argument.
+      ConfigError: an unknown optimizer, or an argument its optax function does not take
+        (``learning_rate`` is ``optimizer.lr``).
     """
     if config.name not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {config.name!r}; known: {', '.join(OPTIMIZERS)}.")
-    try:
-        return OPTIMIZERS[config.name](config.lr, **config.kw)
-    except TypeError as error:
-        raise ValueError(f"optimizer.kw: {error}.") from None
+        raise ConfigError(
+            f"optimizer.name: unknown optimizer {config.name!r}; known: {', '.join(OPTIMIZERS)}."
+        )
+    factory = OPTIMIZERS[config.name]
+    takes = [name for name in inspect.signature(factory).parameters if name != "learning_rate"]
+    unknown = [key for key in config.kw if key not in takes]
+    if unknown:
+        raise ConfigError(
+            f"optimizer.kw.{unknown[0]}: optax.{config.name} has no argument {unknown[0]!r}; "
+            f"its arguments: {', '.join(takes)}."
+        )
+    return factory(config.lr, **config.kw)
 
 
 def build_experiment(config: RunConfig, data) -> Experiment:
@@ -107,7 +204,11 @@ def build_experiment(config: RunConfig, data) -> Experiment:
     tasks = select_tasks(data.tasks, config.data.tasks)
     model = build_model(config, data.input_shape, tasks)
     graphdef, params, rest = split_params(model)
-    method = get_method(config.method.name, len(tasks), **config.method.kw)
+    check_method(config.method)
+    try:
+        method = get_method(config.method.name, len(tasks), **config.method.kw)
+    except ValueError as error:  # the factory's own checks of its hyper-parameters
+        raise ConfigError(f"method {config.method.name!r}: {error}") from None
     level = config.level or method.level
     check_level(model, level)
     optimizer = build_optimizer(config.optimizer)

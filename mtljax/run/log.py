@@ -6,12 +6,18 @@ evaluation and checkpoint), so logging does not stall the step pipeline. A flush
 step, and each step with a non-finite task), hands the same record to TensorBoard
 (:mod:`mtljax.tensorboard`), and under ``nonfinite="raise"`` raises at the first non-finite
 step it sees.
+
+Progress: on a terminal, a tqdm bar; otherwise (a log file, a pipe, CI) one line on stderr
+at the first step, every 10% of the steps, at least every 30 s (checked at each flush) and at
+the last step:
+``mtljax run ew: step 300/1000 (30%) · loss left 0.412, right 0.398 · 9 s elapsed · eta 21 s``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,6 +77,56 @@ def show_progress() -> bool:
     return not os.environ.get("CI") and sys.stderr.isatty()
 
 
+def _duration(seconds: float) -> str:
+    """``"9 s"``, ``"2 min 05 s"``, ``"1 h 02 min"``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class ProgressLines:
+    """Progress as plain lines, for output that is not a terminal (see the module docstring).
+
+    The estimate of the time left uses the pace since the run's first step, so that the
+    compilation, which the first step includes, does not inflate it.
+
+    Args:
+      total: the run's last step.
+      desc: what runs (the method's name).
+      first: the step the run starts after (a resumed run's checkpoint step, else 0).
+      every_s: the most seconds between two lines (checked when steps arrive).
+    """
+
+    def __init__(self, total: int, desc: str, first: int, *, every_s: float = 30.0):
+        self.total, self.desc, self.first, self.every_s = total, desc, first, every_s
+        self.start = self.last_time = time.perf_counter()
+        self.first_time = self.start
+        self.last_tenth = 10 * first // total
+
+    def update(self, step: int, losses: Mapping[str, float]) -> None:
+        """Writes a line to stderr for ``step`` if one is due: the run's first step, a new
+        tenth of the steps, ``every_s`` seconds since the last line, or the last step."""
+        now, tenth = time.perf_counter(), 10 * step // self.total
+        due = tenth > self.last_tenth or now - self.last_time >= self.every_s
+        if not (due or step == self.first + 1 or step == self.total):
+            return
+        self.last_tenth, self.last_time = tenth, now
+        shown = ", ".join(f"{t} {v:.4g}" for t, v in losses.items())
+        line = (
+            f"mtljax run {self.desc}: step {step}/{self.total} ({100 * step // self.total}%) "
+            f"· loss {shown} · {_duration(now - self.start)} elapsed"
+        )
+        if step == self.first + 1:
+            self.first_time = now
+        else:
+            pace = (now - self.first_time) / (step - self.first - 1)
+            line += f" · eta {_duration(pace * (self.total - step))}"
+        print(line, file=sys.stderr, flush=True)
+
+
 class RunLog:
     """Collects step metrics and writes them (see the module docstring).
 
@@ -83,7 +139,8 @@ class RunLog:
       steps: the total number of steps (the progress bar's length).
       resumed_from: the checkpoint's step (0 for a fresh run): the log is appended to from it.
       tensorboard: also write ``workdir/tb`` when tensorboardX is installed.
-      progress: show a tqdm bar (``None``: :func:`show_progress`).
+      progress: ``True``: a tqdm bar; ``False``: no progress; ``None``: a bar when
+        :func:`show_progress`, else :class:`ProgressLines`.
     """
 
     def __init__(
@@ -108,9 +165,11 @@ class RunLog:
         if workdir and tensorboard:
             purge = resumed_from + 1 if resumed_from else None  # hide the resumed steps' events
             self.tb = open_tensorboard(os.path.join(workdir, "tb"), tasks.names, purge_step=purge)
-        self.bar = _progress_bar(steps, method, progress)
+        auto = progress is None
+        self.bar = _progress_bar(steps, method) if (show_progress() if auto else progress) else None
         if self.bar is not None:
             self.bar.update(resumed_from)
+        self.lines = ProgressLines(steps, method, resumed_from) if auto and not self.bar else None
 
     def step(self, step: int, metrics: Any) -> None:
         """Queues a step's (device) metrics."""
@@ -136,10 +195,13 @@ class RunLog:
                     )
             if step % self.log_every == 0 or step == 1 or "cosine" in metrics or bad.any():
                 self._write(step_record(step, metrics, self.tasks))
+            losses = dict(
+                zip(self.tasks.names, np.asarray(metrics["losses"]).tolist(), strict=True)
+            )
             if self.bar is not None:
-                losses = np.asarray(metrics["losses"])
-                postfix = {t: f"{v:.3f}" for t, v in zip(self.tasks.names, losses, strict=True)}
-                self.bar.set_postfix(postfix, refresh=False)
+                self.bar.set_postfix({t: f"{v:.3f}" for t, v in losses.items()}, refresh=False)
+            if self.lines is not None:
+                self.lines.update(step, losses)
         self._pending.clear()
         return count
 
@@ -164,9 +226,7 @@ class RunLog:
                 out.close()
 
 
-def _progress_bar(total: int, desc: str, enabled: bool | None):
-    if not (show_progress() if enabled is None else enabled):
-        return None
+def _progress_bar(total: int, desc: str):
     try:
         from tqdm.auto import tqdm
     except ImportError:

@@ -4,7 +4,10 @@ A run writes ``metrics.jsonl``, ``summary.json`` (once finished), ``tb/`` and ``
 into its workdir, and ``mtljax plot`` adds ``plot_*.png``. A fresh run (one that does not
 resume from a checkpoint) starts from a folder without them, so no stale file of an earlier
 run stays beside the new ones; but a *finished* run (its ``summary.json`` exists) is kept
-unless the caller asks to overwrite it.
+unless the caller asks to overwrite it. A run that resumes a finished one moves its
+``summary.json`` aside to ``summary.previous.json`` before training on (:func:`set_aside`), so
+a folder holds a ``summary.json`` only while that file describes the folder's latest run:
+an interrupted resume never looks finished.
 """
 
 from __future__ import annotations
@@ -13,12 +16,37 @@ import glob
 import os
 import shutil
 
-OUTPUTS = ("summary.json", "metrics.jsonl", "tb", "checkpoints")
+from mtljax.config import ConfigError
+
+SUMMARY, PREVIOUS = "summary.json", "summary.previous.json"
+OUTPUTS = (SUMMARY, PREVIOUS, "metrics.jsonl", "tb", "checkpoints")
 
 
 def is_finished(workdir: str) -> bool:
     """Whether ``workdir`` holds a finished run (a ``summary.json``)."""
-    return os.path.isfile(os.path.join(workdir, "summary.json"))
+    return os.path.isfile(os.path.join(workdir, SUMMARY))
+
+
+def check(workdir: str) -> None:
+    """Checks, before anything is written, that ``workdir`` is or can become a writable folder.
+
+    Raises:
+      ConfigError: ``workdir`` (or a folder above it) is a file, or the nearest existing
+        folder is not writable; the message names the path and says what to do.
+    """
+    path = os.path.abspath(workdir)
+    while not os.path.isdir(path):
+        if os.path.lexists(path):
+            where = "" if path == os.path.abspath(workdir) else f" ({path})"
+            raise ConfigError(
+                f"workdir {workdir}{where} is a file, not a folder; choose another --workdir."
+            )
+        path = os.path.dirname(path)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"workdir {workdir}: {path} is not writable; choose another --workdir or fix its "
+            "permissions."
+        )
 
 
 def clear(workdir: str) -> None:
@@ -41,16 +69,33 @@ def prepare(workdir: str, *, resume: bool, overwrite: bool) -> None:
       overwrite: clear a finished run's outputs instead of refusing.
 
     Raises:
-      FileExistsError: ``workdir`` holds a finished run, and neither ``resume`` nor
-        ``overwrite`` is set; the message says how to continue or overwrite it.
+      ConfigError: ``workdir`` is not a writable folder (:func:`check`), or it holds a
+        finished run and neither ``resume`` nor ``overwrite`` is set; the message says how to
+        continue or overwrite it.
     """
+    check(workdir)
     if not resume:
-        if is_finished(workdir) and not overwrite:
-            raise FileExistsError(
-                f"{workdir} holds a finished run (summary.json). Pass --resume to continue it "
-                "from its last checkpoint (e.g. with more schedule.steps; it needs "
-                "schedule.checkpoint_every > 0), --overwrite to replace it, or choose another "
-                "--workdir."
-            )
+        refuse_finished(workdir, overwrite=overwrite)
         clear(workdir)
     os.makedirs(workdir, exist_ok=True)
+
+
+def refuse_finished(workdir: str, *, overwrite: bool) -> None:
+    """Raises a ``ConfigError`` when a fresh run would replace the finished run in ``workdir``
+    without ``overwrite``; the message says how to continue or overwrite it."""
+    if is_finished(workdir) and not overwrite:
+        raise ConfigError(
+            f"{workdir} holds a finished run (summary.json). Pass --resume to continue it "
+            "from its last checkpoint (e.g. with more schedule.steps; it needs "
+            "schedule.checkpoint_every > 0), --overwrite to replace it, or choose another "
+            "--workdir."
+        )
+
+
+def set_aside(workdir: str) -> None:
+    """Renames a finished run's ``summary.json`` to ``summary.previous.json`` (replacing an
+    older one): called when a run resumes, so that until it finishes the folder does not
+    claim a result its log and checkpoints no longer lead to."""
+    path = os.path.join(workdir, SUMMARY)
+    if os.path.isfile(path):
+        os.replace(path, os.path.join(workdir, PREVIOUS))

@@ -17,9 +17,8 @@ import numpy as np
 from mtljax.config import RunConfig
 from mtljax.metrics_log import to_json
 from mtljax.run.checkpointing import RunState
+from mtljax.run.outputs import SUMMARY
 from mtljax.tasks import Tasks
-
-SUMMARY = "summary.json"
 
 
 def selection_score(metrics: Mapping[str, Mapping[str, float]], tasks: Tasks) -> float:

@@ -35,7 +35,7 @@ from mtljax.step import collectives
 from mtljax.step import status as st
 from mtljax.step.context import StepContext
 from mtljax.step.engine_output import Engine, EngineOutput
-from mtljax.step.gramian import gramian_engine
+from mtljax.step.gramian import gramian_engine, nonfinite_gradient_tasks
 from mtljax.step.options import StepOptions
 from mtljax.step.weighting import (
     MethodResult,
@@ -64,6 +64,12 @@ def loss_engine(ctx: StepContext, method_state, params, batches) -> EngineOutput
         (head_grads,) = vjp_fn(status.active.astype(losses.dtype))
         grads = {"shared": grads["shared"], "heads": head_grads["heads"]}
     grads = ctx.global_mean(grads)
+    # Non-finite gradients with every loss finite: find the task(s) (rare; T pullbacks).
+    explained = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    explained |= jnp.any(status.nonfinite)
+    bad_rows = lax.cond(explained, lambda: jnp.zeros_like(status.present),
+                        lambda: nonfinite_gradient_tasks(ctx, at, batch))
+    status = status._replace(nonfinite=status.nonfinite | (status.present & bad_rows))
     return EngineOutput(losses, aux, status, weights, method_state, grads["shared"],
                         grads["heads"], {})
 
@@ -199,12 +205,14 @@ def select_engine(method: Method, options: StepOptions) -> str:
 
     ``engine="gramian"`` (or instance-wise rows) takes the Gramian engine: loss-only and
     Gram-space methods at the parameter level. Otherwise loss-only methods take one backward
-    pass unless diagnostics ask for the Jacobian (their update is the same by linearity).
+    pass (their diagnostics, every ``diagnostics_every`` steps, come from the Gramian engine's
+    ``G``; :func:`mtljax.step.gramian.loss_method_diagnostics`), unless ``engine="jacobian"``
+    asks for the Jacobian (the same update by linearity).
     """
     if options.engine == "gramian" or options.instance_wise:
         _check_gramian(method, options)
         return "gramian"
-    if method.kind == "loss" and not options.diagnostics:
+    if method.kind == "loss" and options.engine != "jacobian":
         return "loss"
     if options.parallel.task_axis is not None:
         return "task_sharded"

@@ -24,21 +24,30 @@ from mtljax.step.engine_output import EngineOutput
 from mtljax.step.weighting import head_coefficients, t_sized_weights
 
 
-def gramian_engine(ctx: StepContext, method_state, params, batches) -> EngineOutput:
-    """Task rows: ``G`` ``[T, T]`` without the shared Jacobian."""
-    if ctx.options.instance_wise:
-        return instance_engine(ctx, method_state, params, batches)
+def global_gram(ctx: StepContext, params, batch):
+    """The forward pass with probes and ``G`` ``[T, T]`` (global under ``aggregate="global"``).
+
+    Returns:
+      ``(pulled, losses, gram)``: the pulled values, the (global) losses and ``G``.
+    """
     parallel = ctx.options.parallel
     axis = None if parallel.data_axis is None or parallel.local else parallel.data_axis
     # Under pmap the losses are local and the global gradient is the device mean.
     scale = 1.0 / lax.axis_size(axis) if parallel.pmean_grads else 1.0
-    pulled = gramian.forward(ctx.losses, ctx.varying(params), batches[0], axis_name=axis,
-                             scale=scale)
+    at = params if parallel.task_axis is not None else ctx.varying(params)
+    pulled = gramian.forward(ctx.losses, at, batch, axis_name=axis, scale=scale)
     losses = ctx.global_mean(pulled.losses)
-    dtype = jnp.promote_types(losses.dtype, jnp.float32)
     if parallel.pmean_grads and pulled.gram is not None:
         pulled = pulled._replace(gram=lax.psum(pulled.gram, axis))
-    gram = gramian.full_gram(pulled, ctx.global_mean(pulled.fallback_rows), dtype)
+    dtype = jnp.promote_types(losses.dtype, jnp.float32)
+    return pulled, losses, gramian.full_gram(pulled, ctx.global_mean(pulled.fallback_rows), dtype)
+
+
+def gramian_engine(ctx: StepContext, method_state, params, batches) -> EngineOutput:
+    """Task rows: ``G`` ``[T, T]`` without the shared Jacobian."""
+    if ctx.options.instance_wise:
+        return instance_engine(ctx, method_state, params, batches)
+    pulled, losses, gram = global_gram(ctx, params, batches[0])
     head_rows = ctx.global_mean(pulled.head_rows)
     present, aux = st.split_presence(ctx, pulled.aux)
     finite = (jnp.isfinite(losses) & jnp.isfinite(jnp.diagonal(gram))
@@ -56,6 +65,33 @@ def gramian_engine(ctx: StepContext, method_state, params, batches) -> EngineOut
         w = weights.astype(gram.dtype)
         metrics = gram_diagnostics(gram, gram @ w, w @ gram @ w)
     return EngineOutput(losses, aux, status, weights, method_state, shared, head_update, metrics)
+
+
+def loss_method_diagnostics(ctx: StepContext, step, params, batch, weights) -> dict:
+    """Diagnostics of a loss-only method's step from ``G`` (the Gramian engine's forward
+    pass), on the steps where ``step % diagnostics_every == 0``; NaN on the others.
+
+    ``metrics["diagnosed"]`` says which. The update itself never needs ``G``.
+    """
+
+    def compute():
+        _, _, gram = global_gram(ctx, params, batch)
+        w = weights.astype(gram.dtype)
+        return gram_diagnostics(gram, gram @ w, w @ gram @ w)
+
+    def skip():
+        shapes = jax.eval_shape(compute)
+        return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+
+    diagnosed = step % ctx.options.diagnostics_every == 0
+    return dict(lax.cond(diagnosed, compute, skip), diagnosed=diagnosed)
+
+
+def nonfinite_gradient_tasks(ctx: StepContext, params, batch) -> jax.Array:
+    """``[T]``: the tasks whose shared gradient is non-finite (``G_tt`` of the Gramian
+    engine's forward pass; for a loss-only step whose combined gradient is non-finite)."""
+    _, _, gram = global_gram(ctx, params, batch)
+    return ~jnp.isfinite(jnp.diagonal(gram))
 
 
 def instance_engine(ctx: StepContext, method_state, params, batches) -> EngineOutput:

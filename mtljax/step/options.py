@@ -156,8 +156,11 @@ class StepOptions:
       level: ``"parameters"`` or ``"representation"``.
       parallel: a :class:`Parallelism` value.
       nonfinite: ``"skip_step"`` or ``"drop_task"``.
-      diagnostics: whether the step computes the Gram-based conflict metrics (this builds the
-        Jacobian even for a loss-only method).
+      diagnostics: whether the step computes the Gram-based conflict metrics.
+      diagnostics_every: they are computed on the steps where ``state.step % k == 0`` (the
+        others report NaN and ``metrics["diagnosed"] = False``). Only loss-only methods skip
+        work on the other steps (their update needs no Gram matrix); for the others ``G`` exists
+        anyway and k is 1.
       weight_heads: whether head parameters get the method's weights (else weight 1).
       strategy, chunk_size: how the T backward passes run (:mod:`mtljax.jacobian`).
       task_last: whether the Jacobian of the shared parameters is stacked task-last (the fast
@@ -172,6 +175,7 @@ class StepOptions:
     parallel: Parallelism
     nonfinite: str
     diagnostics: bool
+    diagnostics_every: int
     weight_heads: bool
     strategy: str
     chunk_size: int | None
@@ -198,6 +202,7 @@ def step_options(
     weight_heads: bool | None = None,
     nonfinite: str = "skip_step",
     diagnostics: bool = True,
+    diagnostics_every: int | None = None,
     axis_name: str | None = None,
     reduce: str = "loss",
     aggregate: str = "global",
@@ -237,6 +242,7 @@ def step_options(
         parallel=parallel,
         nonfinite=nonfinite_policy(nonfinite),
         diagnostics=bool(diagnostics),
+        diagnostics_every=_diagnostics_every(method, diagnostics_every),
         weight_heads=method.kind == "loss" if weight_heads is None else bool(weight_heads),
         strategy=strategy,
         chunk_size=chunk_size,
@@ -245,6 +251,20 @@ def step_options(
         engine=engine,
         instance_wise=bool(instance_wise),
     )
+
+
+# Loss-only methods compute diagnostics (a Gram matrix they do not otherwise need) this often.
+LOSS_DIAGNOSTICS_EVERY = 10
+
+
+def _diagnostics_every(method: Method, every: int | None) -> int:
+    if method.kind != "loss":
+        return 1
+    if every is None:
+        return LOSS_DIAGNOSTICS_EVERY
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"diagnostics_every must be a positive integer, got {every!r}.")
+    return every
 
 
 def _parallelism(method, level, axis_name, reduce, aggregate, task_axis) -> Parallelism:

@@ -18,6 +18,7 @@ from mtljax.methods import Method
 from mtljax.step import collectives
 from mtljax.step.context import StepContext
 from mtljax.step.engines import ENGINES, EngineOutput, select_engine
+from mtljax.step.gramian import loss_method_diagnostics
 from mtljax.step.options import StepOptions, step_options
 from mtljax.step.state import MultiTaskLoss, TrainState
 from mtljax.tasks import Tasks, as_tasks
@@ -47,6 +48,9 @@ class TrainStep:
         batches = split_batches(ctx, batch)
         params, batches = to_compute(ctx, (state.params, batches))
         out = ENGINES[self.engine](ctx, state.method_state, params, batches)
+        if self.engine == "loss" and ctx.options.diagnostics:
+            out = out._replace(metrics=loss_method_diagnostics(ctx, state.step, params,
+                                                               batches[0], out.weights))
         out = reduce_across_devices(ctx, out)
         updates = to_param_dtype({"shared": out.shared_update, "heads": out.head_update},
                                  state.params)
@@ -184,8 +188,15 @@ def make_train_step(
           float range). A NaN that enters through shared computation (e.g. a NaN target
           feeding a matmul shared by all heads, whose pullback computes ``0 · NaN``) reaches
           every task's row, so ``"drop_task"`` then drops every task and the step does nothing.
-        * ``diagnostics``: compute the Gram-based conflict metrics (forces the Jacobian for
-          loss-only methods; their update is the same by linearity). Default true.
+        * ``diagnostics``: compute the Gram-based conflict metrics. Default true.
+        * ``diagnostics_every``: for loss-only methods (whose update needs no Gram matrix),
+          compute them only when ``state.step % k == 0`` (default 10), from the Gramian engine's
+          ``G`` in a ``lax.cond``, so the other steps cost one backward pass; they report NaN
+          and ``metrics["diagnosed"] = False``.
+        * ``engine``: ``"auto"`` (default), ``"jacobian"`` or ``"gramian"``
+          (:func:`~mtljax.step.engines.select_engine`, :mod:`mtljax.gramian`).
+        * ``instance_wise``: per-sample losses ``{task: [B]}``; the method weights the ``T·B``
+          rows (built for ``T·B`` tasks) on the Gramian engine.
         * ``axis_name``, ``reduce`` (``"loss"`` under ``shard_map``, ``"grad"`` under
           ``pmap``), ``aggregate`` (``"global"`` or ``"local"``): data parallelism.
         * ``task_axis``: task sharding (loss-only or Gram-space methods, no ``axis_name``).
