@@ -2,6 +2,7 @@
 
     python experiments/profile_step.py --tasks 40 --method upgrad
     python experiments/profile_step.py --tasks 10 --method jacobian_mean --strategy vmap
+    python experiments/profile_step.py --tasks 40 --method upgrad --engine gramian
 
 Builds the step of ``experiments/benchmark.py`` (same workloads), runs it under
 ``jax.profiler.trace`` and prints, per XLA op (fusion, dot, copy, ...), the time summed over
@@ -45,15 +46,18 @@ def main(argv=None) -> None:
     parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--method", default="upgrad")
     parser.add_argument("--strategy", default="auto")
+    parser.add_argument("--engine", help="make_train_step's engine (default: not passed)")
     parser.add_argument("--calls", type=int, default=3, help="profiled calls (after 2 warm-ups)")
     parser.add_argument("--top", type=int, default=15, help="ops to list")
     args = parser.parse_args(argv)
 
-    tasks, loss, params, batch = benchmark.WORKLOADS[args.workload](args.tasks)
+    shape = benchmark.SHAPES[args.workload]
+    tasks, loss, params, batch = benchmark.WORKLOADS[args.workload](args.tasks, shape)
     method = benchmark.build_method(args.method, args.tasks)
-    opt = optax.sgd(benchmark.LEARNING_RATE)
+    opt = optax.sgd(benchmark.LEARNING_RATES[args.workload])
+    extra = {} if args.engine is None else {"engine": args.engine}
     step = jax.jit(mtljax.make_train_step(loss, tasks, method, opt, strategy=args.strategy,
-                                          diagnostics=False))
+                                          diagnostics=False, **extra))
     state = mtljax.init_train_state(params, opt, method)
     compiled = step.lower(state, batch).compile()
     shapes = result_shapes(compiled.as_text())
@@ -76,7 +80,8 @@ def main(argv=None) -> None:
                     per_op[event.name] += event.duration_ns
     calls = args.calls
     busy = sum(per_op.values())
-    print(f"{args.workload}, T={args.tasks}, {args.method}, strategy={args.strategy} "
+    print(f"{args.workload}, T={args.tasks}, {args.method}, strategy={args.strategy}, "
+          f"engine={args.engine or 'default'} "
           f"({jax.default_backend()})")
     print(f"step wall time {wall_ns / calls / 1e6:.1f} ms; ops {busy / calls / 1e6:.1f} ms "
           f"summed over threads; cores busy {busy / max(wall_ns, 1):.2f}")

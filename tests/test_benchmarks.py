@@ -1,6 +1,8 @@
 """The built-in benchmarks: their generators against their definitions, and CLI smoke runs."""
 
 import json
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -162,5 +164,62 @@ def test_cli_smoke(name, tmp_path, capsys):
 
 
 def test_cli_rejects_unknown_benchmark_field(capsys):
-    assert main(["run", "linear", "--set", "nonsense=1"]) == 1
+    assert main(["run", "linear", "--set", "nonsense=1"]) == 2  # a usage error
     assert "Unknown benchmark field" in capsys.readouterr().err
+
+
+# experiments/benchmark.py: the new flags at smoke-test sizes (no timings asserted).
+
+EXPERIMENTS = Path(__file__).parent.parent / "experiments"
+QUICK = ["--quick", "--repeats", "1", "--warmup", "1", "--agg-tasks", ""]
+ROW_KEYS = {"T", "method", "engine", "step_ms", "memory_mb", "final_loss",
+            "torchjd_autojac", "torchjd_autogram"}
+
+
+@pytest.fixture(scope="module")
+def benchmark_script():
+    sys.path.insert(0, str(EXPERIMENTS))
+    import benchmark
+
+    yield benchmark
+    sys.path.remove(str(EXPERIMENTS))
+
+
+def test_benchmark_engines_agree(benchmark_script, tmp_path):
+    """Both engines take the same SGD steps: equal losses after two updates, same JSON rows."""
+    out = tmp_path / "engines.json"
+    benchmark_script.main([*QUICK, "--tasks", "3", "--methods", "upgrad", "--engines",
+                           "jacobian,gramian", "--no-torch", "--out", str(out)])
+    rows = json.loads(out.read_text())["engines"]
+    assert [(r["T"], r["method"], r["engine"]) for r in rows] == [
+        (3, "upgrad", "jacobian"), (3, "upgrad", "gramian")]
+    for row in rows:
+        assert ROW_KEYS <= set(row) and row["step_ms"] > 0 and row["memory_mb"] > 0
+        assert row["torchjd_autojac"] is None and row["torchjd_autogram"] is None
+    np.testing.assert_allclose(rows[0]["final_loss"], rows[1]["final_loss"], rtol=1e-5)
+
+
+def test_benchmark_iwrm_rows(benchmark_script, tmp_path):
+    """IWRM: a plain row, then one row per weighting of the B = 16 per-sample losses."""
+    out = tmp_path / "iwrm.json"
+    benchmark_script.main([*QUICK, "--workload", "iwrm", "--methods", "mean,upgrad",
+                           "--no-torch", "--out", str(out)])
+    report = json.loads(out.read_text())
+    rows = report["iwrm"]
+    assert [(r["method"], r["engine"], r["rows"]) for r in rows] == [
+        ("plain", None, 16), ("mean", "gramian", 16), ("upgrad", "gramian", 16)]
+    assert all(r["step_ms"] > 0 and np.isfinite(r["final_loss"]) for r in rows)
+    # The mean weighting of the B rows is the plain step's gradient: the same SGD trajectory.
+    np.testing.assert_allclose(rows[1]["final_loss"], rows[0]["final_loss"], rtol=1e-5)
+    assert "torch" in report["notes"][0]
+
+
+def test_benchmark_torch_peer_takes_the_same_steps(benchmark_script):
+    """torchjd's autojac, on the same weights and batch, follows mtljax's exact UPGrad steps."""
+    pytest.importorskip("torch")
+    pytest.importorskip("torchjd")
+    args = benchmark_script.parse_args([*QUICK, "--tasks", "2", "--threads", "1"])
+    peer = benchmark_script.peer_summary(benchmark_script.run_peer(args, "autojac", 2, "upgrad"))
+    assert {"step_ms", "peak_rss_mb", "rss_before_mb", "final_loss"} <= set(peer)
+    ours = benchmark_script.time_jax_step("upgrad", 2, args, engine="jacobian")
+    np.testing.assert_allclose(peer["final_loss"], ours["final_loss"], rtol=1e-4)

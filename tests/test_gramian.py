@@ -323,7 +323,7 @@ def test_loss_only_diagnostics_only_on_every_kth_step():
     tasks, loss, params, batch = mlp_problem()
     method = mtljax.get_method("ew", 3)
     opt = optax.sgd(0.01)
-    step = jax.jit(mtljax.make_train_step(loss, tasks, method, opt, diagnostics_every=2))
+    step = jax.jit(mtljax.make_train_step(loss, tasks, method, opt, diagnostics_every=3))
     state = mtljax.init_train_state(params, opt, method)
     exact = jax.jit(mtljax.make_train_step(loss, tasks, method, opt, engine="jacobian"))
     _, reference = exact(state, batch)
@@ -332,3 +332,83 @@ def test_loss_only_diagnostics_only_on_every_kth_step():
     assert bool(first["diagnosed"]) and not bool(second["diagnosed"])
     np.testing.assert_allclose(first["cosine"], reference["cosine"], rtol=1e-10)
     assert bool(jnp.all(jnp.isnan(second["cosine"])))
+
+
+@pytest.mark.parametrize("devices", [2, 4])
+def test_task_sharded_gramian_step_equals_the_one_device_step(devices):
+    """T = 3 tasks over 2 or 4 devices (padding rows included)."""
+    tasks, loss, params, batch = mlp_problem()
+    method = mtljax.get_method("upgrad", 3)
+    opt = optax.sgd(1.0)
+    state = mtljax.init_train_state(params, opt, method)
+    single, single_metrics = jax.jit(mtljax.make_train_step(
+        loss, tasks, method, opt, engine="gramian"))(state, batch)
+    step = mtljax.make_train_step(loss, tasks, method, opt, engine="gramian", task_axis="tasks")
+    assert step.engine == "gramian"
+    mesh = parallel.data_mesh(jax.devices()[:devices], axis_name="tasks")
+    new, metrics = parallel.task_sharded_step(step, mesh, task_axis="tasks")(state, batch)
+    assert relative_error(jax.tree.leaves(single.params), jax.tree.leaves(new.params)) < 1e-10
+    np.testing.assert_allclose(metrics["cosine"], single_metrics["cosine"], rtol=1e-10)
+
+
+def test_broadcast_biases_are_tapped():
+    """``b[None, :]``-style biases (``broadcast_in_dim``) and scalar offsets."""
+    rng = np.random.default_rng(3)
+    params = {"shared": {"w": jnp.asarray(rng.normal(size=(4, 5))),
+                         "b": jnp.asarray(rng.normal(size=(5,))),
+                         "c": jnp.asarray(rng.normal(size=(1,)))},
+              "heads": {"w": jnp.asarray(rng.normal(size=(5, 2)))}}
+    batch = {"x": jnp.asarray(rng.normal(size=(6, 4)))}
+
+    def encode(p, b):
+        s = p["shared"]
+        return jnp.tanh(b["x"] @ s["w"] + jnp.broadcast_to(s["b"], (6, 5)) + s["c"])
+
+    def decode(p, rep, b):
+        out = rep @ p["heads"]["w"]
+        return {"a": jnp.mean(out[:, 0] ** 2), "b": jnp.mean(jnp.sin(out[:, 1]))}, {}
+
+    tasks, loss = mtljax.Tasks(["a", "b"]), mtljax.MultiTaskLoss(encode, decode)
+    plan, _ = trace_plan(lambda p, b: loss.decode(p, loss.encode(p, b), b), params, batch)
+    assert len(plan.bias) == 2 and not plan.fallback
+    expected, _ = exact_gram(loss, tasks, params, batch)
+    np.testing.assert_allclose(engine_gram(loss, tasks, params, batch), expected, rtol=1e-10)
+
+
+def test_instance_wise_heads_get_each_tasks_mean_loss_gradient():
+    """Unweighted heads (a gradient method) follow each task's mean per-sample loss, the
+    scale of the trunk's UPGrad update, not the sum over the batch."""
+    tasks, loss, params, batch = mlp_problem(num_tasks=2, batch=6, instance=True)
+    method = mtljax.get_method("upgrad", num_tasks=12)
+    opt = optax.sgd(1.0)
+    state = mtljax.init_train_state(params, opt, method)
+    new, _ = jax.jit(mtljax.make_train_step(loss, tasks, method, opt, instance_wise=True))(
+        state, batch)
+
+    def mean_losses(heads):
+        raw, _ = loss.decode({"shared": params["shared"], "heads": heads},
+                             loss.encode(params, batch), batch)
+        return sum(jnp.mean(v) for v in raw.values())
+
+    expected = jax.grad(mean_losses)(params["heads"])
+    got = jax.tree.map(lambda a, b: a - b, state.params["heads"], new.params["heads"])
+    assert relative_error(jax.tree.leaves(expected), jax.tree.leaves(got)) < 1e-10
+
+
+def test_instance_wise_loss_only_method_skips_the_gram_matrix():
+    tasks, loss, params, batch = mlp_problem(num_tasks=2, batch=6, instance=True)
+    method = mtljax.get_method("mean", num_tasks=12)
+    opt = optax.sgd(1.0)
+    state = mtljax.init_train_state(params, opt, method)
+    step = mtljax.make_train_step(loss, tasks, method, opt, instance_wise=True,
+                                  diagnostics_every=2)
+    new, metrics = jax.jit(step)(state, batch)
+
+    def mean_loss(p):
+        raw, _ = loss.decode(p, loss.encode(p, batch), batch)
+        return sum(jnp.sum(v) for v in raw.values()) / 12
+
+    expected = jax.grad(mean_loss)(params)
+    got = jax.tree.map(lambda a, b: a - b, state.params, new.params)
+    assert relative_error(jax.tree.leaves(expected), jax.tree.leaves(got)) < 1e-10
+    assert bool(metrics["diagnosed"]) and metrics["cosine"].shape == (2, 2)

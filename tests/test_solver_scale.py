@@ -1,4 +1,4 @@
-"""The batched dual-cone solver meets its optimality conditions at instance-wise sizes (R = 256).
+"""The large-T solvers meet their optimality conditions at instance-wise sizes (R = 256).
 
 UPGrad and DualProj switch from per-problem active sets to
 :func:`mtljax.solvers._dual_cone_batch.project_dual_cone_batch` from ``T = BATCH_FROM`` on. Each
@@ -10,6 +10,12 @@ same test as ``tests/test_solver_optimality.py`` applies to the active-set solve
 matrices: per-sample gradients with a shared direction, 10 % conflicting rows and norms over
 a decade (``experiments/bench_solvers.py``), plus exactly duplicated and zero rows. One
 compilation per test; no timing.
+
+The batched solver's two stages are both checked: its primal-dual active-set rounds (which
+solve these problems) and, with those switched off (``newton_rounds=0``), its monotone GPCG
+fallback. MGDA's screened Wolfe solver (``min_norm_simplex`` from ``T = SCREEN_FROM``) is
+checked on the KKT conditions of ``min_{w∈Δ} wᵀGw`` and against the float64 NNLS reference of
+``tests/test_solver_optimality.py``, on the update ``Jᵀw`` (``J`` a square root of ``G``).
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_solver_optimality import d_distance, min_norm_gap, min_norm_reference
 
 from experiments.bench_solvers import realistic_gram
 from mtljax.methods import get_method
+from mtljax.solvers import min_norm_simplex
 from mtljax.solvers._dual_cone_batch import BATCH_FROM, project_dual_cone_batch
+from mtljax.solvers._simplex import SCREEN_FROM
 
 SIZE = 256
 REG_EPS = 1e-4
@@ -85,3 +94,45 @@ def test_upgrad_and_dualproj_at_instance_scale():
     slack = REG_EPS * wu * trace + 2 * 64 * SIZE * eps * norms * (norms @ np.abs(wu))
     assert np.all(g64 @ wu >= -slack), np.min((g64 @ wu) / slack)
     assert np.all(wu >= 1.0 / SIZE - eps)
+
+
+def test_gpcg_fallback_meets_kkt():
+    """With no active-set round the GPCG fallback alone reaches the same KKT test (float32)."""
+    size = 96
+    g = jnp.asarray(realistic_gram(size, seed=6), jnp.float32)
+    starts = jnp.eye(size, dtype=jnp.float32) / size
+    solve = jax.jit(lambda g, s: project_dual_cone_batch(g, s, newton_rounds=0))
+    w = np.asarray(solve(g, starts), np.float64)
+    eps = float(np.finfo(np.float32).eps)
+    for k in range(size):
+        assert_projection_kkt(np.asarray(g, np.float64), w[k], np.asarray(starts[k]), eps, k)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_screened_min_norm_meets_kkt(dtype):
+    """MGDA at R = 256: ``w ∈ Δ``, ``(Ĝw)_t ≥ wᵀĜw − 2τ‖ĝ_t‖`` (``τ = 10 R eps``, the solver's
+    test), equality on the support, and the update of the NNLS reference up to the gap bound.
+    The realistic matrix has a support of ~100 vertices; the instance matrix (zero rows) has
+    the min-norm point 0, reached through the duplicated rows' dependent screen."""
+    assert SIZE >= SCREEN_FROM
+    solve = jax.jit(min_norm_simplex)
+    eps = float(np.finfo(dtype).eps)
+    tau = 2 * 10 * SIZE * eps
+    cases = (("realistic", realistic_gram(SIZE, seed=5)), ("instance", instance_gram(3)))
+    for label, gram in cases:
+        g = jnp.asarray(gram, dtype)
+        g64 = np.asarray(g, np.float64)
+        w = np.asarray(solve(g), np.float64)
+        norms = np.sqrt(np.diag(g64) / np.max(np.diag(g64)))
+        assert np.all(w >= 0.0) and abs(w.sum() - 1.0) <= SIZE * eps, label
+        gap = min_norm_gap(g64, w)
+        assert np.all(gap <= tau * norms), (label, np.max(gap / np.maximum(norms, 1e-300)))
+        support = w > 0.0
+        assert np.all(np.abs(gap[support]) <= tau * np.maximum(norms[support], 1e-3)), label
+        values, vectors = np.linalg.eigh(g64)
+        jac = vectors * np.sqrt(np.clip(values, 0.0, None))  # J Jᵀ = G
+        w_ref = min_norm_reference(jac)
+        gap_ref = min_norm_gap(g64, w_ref)
+        bound = (np.sqrt(2 * max(gap.max(), 0.0)) + np.sqrt(2 * max(gap_ref.max(), 0.0))
+                 + 64 * eps) * np.sqrt(np.max(np.diag(g64)))
+        assert d_distance(g64, w, w_ref) <= bound, (label, d_distance(g64, w, w_ref) / bound)

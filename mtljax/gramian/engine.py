@@ -31,6 +31,7 @@ from jax import lax
 from mtljax.gramian import layers
 from mtljax.gramian.probe import PointSpec, through, varying_like
 from mtljax.gramian.taps import TapPlan, evaluate, find_taps
+from mtljax.step import collectives
 
 
 class Pulled(NamedTuple):
@@ -57,47 +58,62 @@ def trace_plan(losses_fn, params, batch) -> tuple[TapPlan, Any]:
     return find_taps(closed, len(leaves)), jax.tree.structure(shapes)
 
 
-def point_specs(plan: TapPlan, *, instance: bool, axis_name=None, scale=1.0) -> list[PointSpec]:
+def point_specs(plan: TapPlan, *, instance: bool, axis_name=None, scale=1.0,
+                task_axis=None) -> list[PointSpec]:
     """One :class:`~mtljax.gramian.probe.PointSpec` per point of ``plan``."""
     losses = plan.closed.out_avals[0]
     dtype = jnp.promote_types(losses.dtype, jnp.float32)
     batch = losses.shape[1] if instance else None
     return [
         PointSpec(plan, tuple(t for t in plan.dense if t.point == k),
-                  tuple(t for t in plan.bias if t.point == k), dtype, batch, axis_name, scale)
+                  tuple(t for t in plan.bias if t.point == k), dtype, batch, axis_name, scale,
+                  task_axis)
         for k in range(len(plan.points))
     ]
 
 
 def forward(losses_fn, params, batch, *, instance: bool = False, axis_name=None,
-            scale: float = 1.0) -> Pulled:
+            scale: float = 1.0, task_axis=None) -> Pulled:
     """One forward pass through the probes, then the batched pullback of the T rows.
 
-    Task rows pull back the identity (``[T, T]``); instance-wise rows pull back, per task,
-    ones on its row of the ``[T, B]`` losses.
+    Task rows pull back the identity (``[T, T]``; with ``task_axis``, this device's k rows of
+    it, and the taps' part of ``G`` is its ``[k, N·k]`` row block); instance-wise rows pull
+    back, per task, ones on its row of the ``[T, B]`` losses.
     """
     plan, out_def = trace_plan(losses_fn, params, batch)
     num_tasks = plan.closed.out_avals[0].shape[0]
-    specs = point_specs(plan, instance=instance, axis_name=axis_name, scale=scale)
-    probes = [through(spec, num_tasks) for spec in specs]
+    dtype = plan.closed.out_avals[0].dtype
+    if task_axis is not None:
+        rows = collectives.local_task_rows(num_tasks, dtype, task_axis)
+    else:
+        rows = jnp.eye(num_tasks, dtype=dtype)
+        if instance:
+            size = plan.closed.out_avals[0].shape[1]
+            rows = jnp.broadcast_to(rows[:, :, None], (*rows.shape, size))
+    columns = num_tasks if task_axis is None else rows.shape[0] * lax.axis_size(task_axis)
+    specs = point_specs(plan, instance=instance, axis_name=axis_name, scale=scale,
+                        task_axis=task_axis)
+    probes = [through(spec, rows.shape[0], columns) for spec in specs]
 
     def tapped(p, dummies):
         args = jax.tree.leaves((jax.tree.leaves(p["shared"]), (p["heads"], batch)))
 
         def at_point(k, value, acts):
-            g = varying_like(dummies[k], plan.points[k].aval)
+            g = dummies[k] if task_axis is not None else varying_like(dummies[k],
+                                                                      plan.points[k].aval)
             return probes[k](value, acts, g)
 
         losses, aux = jax.tree.unflatten(out_def, evaluate(plan, args, at_point))
         return losses, aux
 
-    dummies = [spec.dummy(num_tasks) for spec in specs]
+    # Over a data axis the dummies are replicated: the pullback of their cast to varying sums
+    # the devices' partial blocks. Over a task axis each device's block is its own rows.
+    dummies = [spec.dummy(columns) for spec in specs]
+    if task_axis is not None:
+        dummies = [lax.pcast(g, task_axis, to="varying") for g in dummies]
     losses, vjp_fn, aux = jax.vjp(tapped, params, dummies, has_aux=True)
-    eye = jnp.eye(num_tasks, dtype=losses.dtype)
-    rows = eye if not instance else jnp.broadcast_to(eye[:, :, None], (*eye.shape,
-                                                                         losses.shape[1]))
     # One vmap: the probes must see every row at once (mtljax.gramian.probe).
-    d_params, parts = jax.vmap(vjp_fn)(rows)
+    d_params, parts = jax.vmap(vjp_fn)(rows.astype(losses.dtype))
     gram = _sum_parts(parts, instance)
     shared_rows = jax.tree.leaves(d_params["shared"])
     fallback = [shared_rows[i] for i in plan.fallback]

@@ -63,17 +63,28 @@ def _gram(x, y) -> jax.Array:
                            (((1,), (1,)), ((), ())), precision=HIGHEST)
 
 
-def dense_gram(tap: DenseTap, act, delta, dtype, *, axis_name: str | None = None) -> jax.Array:
-    """The layer's ``[T, T]`` Gram contribution (this device's partial over ``axis_name``)."""
+def dense_gram(tap: DenseTap, act, delta, dtype, *, axis_name: str | None = None,
+               task_axis: str | None = None) -> jax.Array:
+    """The layer's Gram contribution.
+
+    Returns:
+      ``[T, T]``, this device's partial over the data axis ``axis_name``; or, with the tasks
+      sharded over ``task_axis`` (``delta`` holds this device's k task rows), the block
+      ``[k, N·k]`` of this device's rows against every device's.
+    """
     a, d = _matrices(tap, act, delta, dtype)
     t, n, m = d.shape
     nodes = 1 if axis_name is None else lax.axis_size(axis_name)
-    if not ghost_is_cheaper(t, n * nodes, a.shape[1], m):
+    columns = t if task_axis is None else t * lax.axis_size(task_axis)
+    a_all, d_all = a, d
+    if task_axis is not None:
+        d_all = collectives.gather_task_rows(d, task_axis)
+    if not ghost_is_cheaper(columns, n * nodes, a.shape[1], m):
         grads = jnp.einsum("nk,tnm->tkm", a, d, precision=HIGHEST)
-        return rows_gram(grads, dtype, axis_name=axis_name)
-    if axis_name is None:
-        a_all, d_all = a, d
-    else:
+        if task_axis is None:
+            return rows_gram(grads, dtype, axis_name=axis_name)
+        return _gram(grads, jnp.einsum("nk,tnm->tkm", a, d_all, precision=HIGHEST))
+    if axis_name is not None:
         a_all = collectives.gather_batch(a[None], axis_name)[0]
         d_all = collectives.gather_batch(d, axis_name)
     kernel = jnp.dot(a, a_all.T, precision=HIGHEST)  # [n, N]
@@ -110,8 +121,12 @@ def instance_gram(tap: DenseTap, act, delta, batch: int, dtype) -> jax.Array:
     return gram.reshape(t * batch, t * batch)
 
 
-def rows_gram(rows, dtype, *, axis_name: str | None = None) -> jax.Array:
+def rows_gram(rows, dtype, *, axis_name: str | None = None,
+              task_axis: str | None = None) -> jax.Array:
     """``[R, R]`` Gram of per-row gradients ``[R, *p]``; over ``axis_name``, where each device
-    holds a share of every row, this device's partial ``rows_d · (Σ_d' rows_d')ᵀ``."""
+    holds a share of every row, this device's partial ``rows_d · (Σ_d' rows_d')ᵀ``; over
+    ``task_axis``, where each device holds its own k rows, the block ``[k, N·k]``."""
     rows = rows.astype(dtype)
+    if task_axis is not None:
+        return _gram(rows, collectives.gather_task_rows(rows, task_axis))
     return _gram(rows, rows if axis_name is None else lax.psum(rows, axis_name))

@@ -36,6 +36,8 @@ class PointSpec:
       batch: ``None`` for one row per task; the batch size B for instance-wise rows.
       axis_name: the data axis whose devices share the batch (global mode), or ``None``.
       scale: the factor taking ``δ`` to this device's share of the global cotangent.
+      task_axis: the axis the task rows are sharded over (each device pulls back k rows and
+        gives the block of its rows against all N·k), or ``None``.
     """
 
     plan: TapPlan
@@ -45,10 +47,11 @@ class PointSpec:
     batch: int | None = None
     axis_name: str | None = None
     scale: float = 1.0
+    task_axis: str | None = None
 
-    def dummy(self, num_tasks: int) -> jax.Array:
-        """The dummy input ``g``: one task's row of the contribution."""
-        shape = (num_tasks,) if self.batch is None else (self.batch, num_tasks * self.batch)
+    def dummy(self, columns: int) -> jax.Array:
+        """The dummy input ``g``: one row of the contribution (``columns`` task columns)."""
+        shape = (columns,) if self.batch is None else (self.batch, columns * self.batch)
         return jnp.zeros(shape, self.dtype)
 
     def contribution(self, delta: jax.Array, acts) -> jax.Array:
@@ -56,10 +59,11 @@ class PointSpec:
         delta = delta * self.scale if self.scale != 1.0 else delta
         if self.batch is not None:
             return self._instance(delta, acts)
-        parts = [layers.dense_gram(tap, act, delta, self.dtype, axis_name=self.axis_name)
+        axes = dict(axis_name=self.axis_name, task_axis=self.task_axis)
+        parts = [layers.dense_gram(tap, act, delta, self.dtype, **axes)
                  for tap, act in zip(self.dense, acts, strict=True)]
-        parts += [layers.rows_gram(bias_rows(self.plan, tap, delta), self.dtype,
-                                   axis_name=self.axis_name) for tap in self.bias]
+        parts += [layers.rows_gram(bias_rows(self.plan, tap, delta), self.dtype, **axes)
+                  for tap in self.bias]
         return sum(parts[1:], parts[0])
 
     def _instance(self, delta, acts) -> jax.Array:
@@ -73,17 +77,19 @@ class PointSpec:
         return sum(parts[1:], parts[0]).reshape(t, b, t * b)
 
 
-def through(spec: PointSpec, num_tasks: int):
-    """``(y, acts, g) -> y`` whose VJP gives ``g`` the point's contribution (see above)."""
+def through(spec: PointSpec, num_rows: int, columns: int):
+    """``(y, acts, g) -> y`` whose VJP gives ``g`` the point's contribution (see above), for
+    ``num_rows`` cotangent rows pulled back together (``columns`` task columns)."""
 
     @jax.custom_batching.custom_vmap
     def contribution(delta, *acts):
         del acts  # one cotangent row alone has no Gram block: outside the batched pass, 0
-        return spec.dummy(num_tasks)
+        zeros = spec.dummy(columns)
+        return jnp.zeros_like(delta, dtype=zeros.dtype, shape=zeros.shape)
 
     @contribution.def_vmap
     def _batched(axis_size, in_batched, delta, *acts):
-        if not in_batched[0] or any(in_batched[1:]) or axis_size != num_tasks:
+        if not in_batched[0] or any(in_batched[1:]) or axis_size != num_rows:
             raise ValueError("The Gramian engine's probe must see the T cotangent rows batched "
                              "together (one vmap over the task axis).")
         return spec.contribution(delta, acts), True
@@ -94,18 +100,21 @@ def through(spec: PointSpec, num_tasks: int):
         return y
 
     def forward(y, acts, g):
-        del g
-        return y, acts
+        return y, (acts, g)
 
-    def backward(acts, dy):
+    def backward(residuals, dy):
+        acts, g = residuals
         zero_acts = jax.tree.map(jnp.zeros_like, acts)
-        return dy, zero_acts, contribution(dy, *acts).astype(spec.dtype)
+        block = contribution(dy, *acts).astype(spec.dtype)
+        return dy, zero_acts, varying_like(block, jax.typeof(g), have=jax.typeof(block))
 
     identity.defvjp(forward, backward)
     return identity
 
 
-def varying_like(x: jax.Array, aval) -> jax.Array:
-    """``x`` cast device-varying over the axes ``aval`` varies over (under ``shard_map``)."""
-    vma = tuple(sorted(getattr(aval, "vma", ()) or ()))
-    return lax.pcast(x, vma, to="varying") if vma else x
+def varying_like(x: jax.Array, aval, have=None) -> jax.Array:
+    """``x`` cast device-varying over the axes ``aval`` varies over (under ``shard_map``),
+    except those of ``have`` (``x``'s own type, when it varies already)."""
+    vma = set(getattr(aval, "vma", ()) or ())
+    vma -= set(getattr(have, "vma", ()) or ()) if have is not None else set()
+    return lax.pcast(x, tuple(sorted(vma)), to="varying") if vma else x

@@ -235,17 +235,21 @@ def bind_eqn(plan: TapPlan, eqn_index: int, *invals):
 def bias_rows(plan: TapPlan, tap: BiasTap, delta: jax.Array) -> jax.Array:
     """Per-row gradients ``[R, *leaf]`` of a bias from ``δ`` (``[R, *point]``).
 
-    ``δ`` is summed over the axes the broadcast added, then pulled back through the reshape or
-    broadcast equation (linear, so its pullback is exact).
+    ``δ`` is summed over the axes the ``add`` broadcast, then mapped back through the reshape
+    (a reshape) or the ``broadcast_in_dim`` (a sum over the axes it added or expanded).
     """
     eqn = plan.closed.jaxpr.eqns[tap.eqn]
     shape = eqn.outvars[0].aval.shape
+    leaf = plan.closed.jaxpr.invars[tap.leaf].aval
 
     def one(d):
         axes = tuple(k for k, (a, b) in enumerate(zip(shape, d.shape, strict=True)) if a != b)
         d = jnp.sum(d, axis=axes, keepdims=True)
-        leaf = plan.closed.jaxpr.invars[tap.leaf].aval
-        _, pull = jax.vjp(lambda b: _bind(eqn, [b]), jnp.zeros(leaf.shape, leaf.dtype))
-        return pull(d.astype(leaf.dtype))[0]
+        if eqn.primitive.name == "broadcast_in_dim":
+            kept = eqn.params["broadcast_dimensions"]
+            d = jnp.sum(d, axis=tuple(k for k in range(d.ndim) if k not in kept))
+            expanded = tuple(i for i, k in enumerate(kept) if leaf.shape[i] != d.shape[i])
+            d = jnp.sum(d, axis=expanded, keepdims=True)
+        return d.reshape(leaf.shape).astype(leaf.dtype)
 
     return jax.vmap(one)(delta)

@@ -52,6 +52,10 @@ def aligned_mtl(
       A stateless Gram-space :class:`~mtljax.methods.Method`. The weights do not change
       under a common rescaling of the gradients. With every gradient zero the weights are
       the equal weights of the reduction and ``d = 0``.
+      At extreme scales (entries beyond ``2^±32`` in float32) :meth:`Method.apply` solves on
+      rows rescaled by a power of two (the weights do not depend on the scale), so ``d`` keeps
+      its direction and stays finite; a row decades shorter than the longest may count as zero
+      there.
 
     Example:
       >>> import numpy as np, mtljax
@@ -88,4 +92,4 @@ def aligned_mtl(
         weights = jnp.sqrt(jnp.where(rank > 0, sigma, 0.0)) * (vec @ (inv_sqrt * (vec.T @ ones)))
         return restrict(jnp.where(rank > 0, weights, ones), mask), state
 
-    return gram_weighting(name, num_tasks, optax.EmptyState, weights_fn, level=level)
+    return gram_weighting(name, num_tasks, optax.EmptyState, weights_fn, level=level, degree=0.0)

@@ -73,12 +73,23 @@ class LossWeighting:
 @dataclasses.dataclass(frozen=True)
 class GramWeighting:
     """Core of a Gram-space method: ``weights_fn(G [T, T], state, *, task_losses,
-    task_mask=None, **extra) -> (w [T], state)``."""
+    task_mask=None, **extra) -> (w [T], state)``.
+
+    ``degree`` is the method's promise ``w(c G) = c^degree w(G)`` for every ``c > 0``
+    (``None``: no promise). With a degree, :meth:`Method.apply` forms ``G`` from rows rescaled
+    by a power of two when their entries would square out of the float range (see
+    :func:`scaled_rows`) and rescales ``w`` and ``d`` back; a state that depends on the scale
+    (Nash-MTL's warm start) is then kept in the rescaled problem's units.
+    """
 
     weights_fn: Callable[..., tuple[jax.Array, Any]]
+    degree: float | None = None
 
     def __post_init__(self):
         _check_callable("GramWeighting", "weights_fn", self.weights_fn)
+        if self.degree is not None and not isinstance(self.degree, int | float):
+            raise ValueError(f"GramWeighting.degree must be a number or None, got "
+                             f"{self.degree!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +188,8 @@ class Method:
             return core.apply_fn(per_task_grads, state, params, task_losses=task_losses, **extra)
         # Absent tasks' rows may hold anything (NaN): select them away before J Jᵀ and Jᵀ w.
         per_task_grads = drop_absent(per_task_grads, extra.get("task_mask"))
+        if isinstance(core, GramWeighting) and core.degree is not None:
+            return _scaled_gram_apply(core, per_task_grads, state, task_losses, extra)
         if isinstance(core, GramWeighting):
             g = linalg.gram(per_task_grads)
             weights, state = core.weights_fn(g, state, task_losses=task_losses, **extra)
@@ -204,6 +217,84 @@ class Method:
             f"Method({self.name!r}, num_tasks={self.num_tasks}, "
             f"core={type(self.core).__name__}, level={self.level!r})"
         )
+
+
+def scaled_rows(per_task_grads) -> tuple[Any, jax.Array]:
+    """``(J / m, m)``: the rows rescaled by a power of two ``m`` when needed for ``J Jᵀ``.
+
+    ``m = 1`` unless the largest entry ``a = max |J|`` lies outside ``[2^-e, 2^e]`` with ``e``
+    a quarter of the dtype's exponent range (``2^±32`` in float32): beyond it ``‖g‖²`` and the
+    solvers' products leave the float range (float32 overflows at ``‖g‖ ≈ 1.8e19`` and
+    flushes squares under ``1e-38`` to 0). Then ``m`` is the power of two nearest ``a``, so
+    that ``J / m`` is exact and its entries are at most 2 in magnitude; rows many decades
+    shorter than the longest can still underflow to 0 in ``(J / m)(J / m)ᵀ``. A zero or
+    non-finite Jacobian keeps ``m = 1`` (its non-finite entries are the caller's to flag).
+
+    Returns:
+      The rescaled tree (equal to the input when ``m = 1``) and ``m`` (a scalar of the Gram
+      dtype).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> rows, m = scaled_rows(jnp.array([[3e20, 0.0], [0.0, 1e20]], jnp.float32))
+      >>> float(m) == 2.0**68, rows.max().item() <= 2.0
+      (True, True)
+    """
+    dtype = linalg.gram_dtype(per_task_grads)
+    top = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(leaf)).astype(dtype)
+                                         for leaf in jax.tree.leaves(per_task_grads)])
+    usable = jnp.isfinite(top) & (top > 0)
+    exponent = jnp.round(jnp.log2(jnp.where(usable, top, 1.0))).astype(jnp.int32)
+    limit = jnp.finfo(dtype).maxexp // 4
+    exponent = jnp.where(usable & (jnp.abs(exponent) > limit), exponent, 0)
+    scale = jnp.ldexp(jnp.ones((), dtype), exponent)
+    rows = jax.tree.map(lambda leaf: (leaf / scale.astype(leaf.dtype)).astype(leaf.dtype),
+                        per_task_grads)
+    return rows, scale
+
+
+def unscaled_gram(gram: jax.Array, scale: jax.Array) -> jax.Array:
+    """``scale² · gram``, the Gram matrix of the rows from that of the rows ``/ scale`` (see
+    :func:`scaled_rows`), for methods whose weights depend on the Gram matrix's scale.
+
+    Where ``scale² · max |gram|`` would pass ``finfo.max / (4 T)`` (float32: Gram entries
+    beyond ``≈ 8e36`` at ``T = 10``) the matrix is scaled down uniformly to that bound instead:
+    the same direction, the largest Gram matrix whose products with a simplex vector stay
+    finite. Tiny matrices underflow to 0 as they would unscaled.
+    """
+    dtype = gram.dtype
+    cap = jnp.finfo(dtype).max / (4.0 * gram.shape[0])
+    top = jnp.maximum(jnp.max(jnp.abs(gram)), jnp.finfo(dtype).tiny)
+    factor = jnp.minimum(scale, jnp.sqrt(cap / top))
+    return gram * factor * factor
+
+
+def row_norms(per_task_grads) -> jax.Array:
+    """``‖g_t‖`` of every row, ``[T]`` in the Gram dtype, without over- or underflow.
+
+    Each row is divided by its largest entry before squaring (as BLAS's ``nrm2`` does), so a
+    norm is finite whenever the row's entries are; zero rows give 0.
+    """
+    dtype = linalg.gram_dtype(per_task_grads)
+    leaves = [leaf.reshape(leaf.shape[0], -1).astype(dtype)
+              for leaf in jax.tree.leaves(per_task_grads)]
+    top = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(x), axis=1) for x in leaves])
+    safe = jnp.where((top > 0) & jnp.isfinite(top), top, 1.0)
+    total = sum(jnp.sum(jnp.square(x / safe[:, None]), axis=1) for x in leaves)
+    return safe * jnp.sqrt(total)
+
+
+def _scaled_gram_apply(core: GramWeighting, per_task_grads, state, task_losses, extra):
+    """:meth:`Method.apply` of a Gram core with a degree ``k``: the weights of ``G / m²``
+    (``w = m^(2k) w(G / m²)``) and ``d = m^(2k+1) (J / m)ᵀ w(G / m²)``, each factor applied
+    once so that neither under- nor overflows on its own."""
+    rows, scale = scaled_rows(per_task_grads)
+    weights, state = core.weights_fn(linalg.gram(rows), state, task_losses=task_losses, **extra)
+    k = core.degree
+    # A power of two to an integer power is exact; k = 0 (most methods) stays bit for bit.
+    lift = scale if k == 0 else scale ** (2 * k + 1)
+    direction = jax.tree.map(lambda x: (x * lift).astype(x.dtype), linalg.combine(rows, weights))
+    return MethodOutput(direction, state, weights if k == 0 else weights * scale ** (2 * k))
 
 
 def check_num_tasks(num_tasks: int) -> int:
@@ -301,6 +392,7 @@ def gram_weighting(
     weights_fn: Callable[..., tuple[jax.Array, Any]],
     *,
     level: str = "parameters",
+    degree: float | None = None,
 ) -> Method:
     """A Gram-space method from ``weights_fn(G, state, *, task_losses, task_mask=None, **extra)``.
 
@@ -314,6 +406,9 @@ def gram_weighting(
       weights_fn: ``(G [T, T], state, *, task_losses, task_mask=None, **extra)
         -> (w [T], state)``.
       level: ``"parameters"`` or ``"representation"``.
+      degree: ``k`` with ``w(c G) = c^k w(G)`` for ``c > 0``, when the method promises one:
+        :meth:`Method.apply` then solves on rows rescaled by a power of two at extreme scales
+        (see :class:`GramWeighting`). ``None`` (default): ``G`` as is.
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -323,8 +418,8 @@ def gram_weighting(
       >>> m.apply(jnp.array([[2.0, 0.0], [0.0, 4.0]]), m.init(None)).updates.tolist()
       [1.0, 1.0]
     """
-    return Method(name, num_tasks, _stateless_init(init_state), GramWeighting(weights_fn),
-                  level=level)
+    return Method(name, num_tasks, _stateless_init(init_state),
+                  GramWeighting(weights_fn, degree), level=level)
 
 
 def gradient_transform(

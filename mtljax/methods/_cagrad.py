@@ -54,6 +54,10 @@ def cagrad(
       ``‖g_w*‖`` vanishes (up to round-off; the conflict-averse direction is then undefined)
       the correction is dropped and ``d = g0`` divided by the ``rescale`` divisor; with every
       gradient zero, ``d = 0``.
+      At extreme scales (entries beyond ``2^±32`` in float32) :meth:`Method.apply` solves on
+      rows rescaled by a power of two (the weights do not depend on the scale), so ``d`` keeps
+      its direction and stays finite; a row decades shorter than the longest may count as zero
+      there.
 
     Example:
       >>> import numpy as np, mtljax
@@ -93,4 +97,4 @@ def cagrad(
         coef = jnp.where(defined, radius / jnp.sqrt(jnp.where(defined, gw_sq, 1.0)), 0.0)
         return (mean + coef * w) / divisor, state
 
-    return gram_weighting("cagrad", num_tasks, optax.EmptyState, weights_fn)
+    return gram_weighting("cagrad", num_tasks, optax.EmptyState, weights_fn, degree=0.0)

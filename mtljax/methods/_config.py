@@ -45,6 +45,10 @@ def config(num_tasks: int, *, pref_vector=None, use_least_squares: bool = True) 
       vector is taken as 0); when every gradient is zero, or no direction has the targeted
       projections (``p`` orthogonal to the range of Ĝ, e.g. two opposite gradients),
       ``w = 0`` and ``d = 0``.
+      At extreme scales (entries beyond ``2^±32`` in float32) :meth:`Method.apply` solves on
+      rows rescaled by a power of two (the weights do not depend on the scale), so ``d`` keeps
+      its direction and stays finite; a row decades shorter than the longest may count as zero
+      there.
 
     Example:
       >>> import numpy as np, mtljax
@@ -86,4 +90,4 @@ def config(num_tasks: int, *, pref_vector=None, use_least_squares: bool = True) 
         scale = jnp.where(defined, length / jnp.where(defined, sq_norm, 1.0), 0.0)
         return scale * a, state
 
-    return gram_weighting("config", num_tasks, optax.EmptyState, weights_fn)
+    return gram_weighting("config", num_tasks, optax.EmptyState, weights_fn, degree=0.0)

@@ -65,6 +65,9 @@ def cr_mogm(
       a base's ``after_step`` hook (FAMO) is forwarded to the base's state. The average is
       applied to the current Jacobian, ``d = Jᵀ λ``: bases whose weights combine something
       else (MoCo's and DB-MTL's tracked gradients) are not CR-MOGM's setting.
+      Extreme scales are handled by the base method. With the MGDA base, a zero gradient gives
+      ``d = 0`` exactly (the min-norm point), as MGDA does; the step reports it as a zero
+      ``update_norm``.
 
     Raises:
       ValueError: bad ``beta``, or (when first traced) a base that returns no weights, such as

@@ -20,7 +20,7 @@ import optax
 
 from mtljax.methods._base import Method, check_num_tasks, gram_weighting
 from mtljax.methods._upgrad import preference_weights
-from mtljax.solvers._dual_cone import project_dual_cone
+from mtljax.solvers._dual_cone_batch import project_dual_cone_many
 from mtljax.solvers._mask import num_present, restrict, task_support
 
 
@@ -47,6 +47,10 @@ def dualproj(
 
     Returns:
       A Gram-space :class:`~mtljax.methods.Method`. Zero gradients give ``w = u``, ``d = 0``.
+      At extreme scales (entries beyond ``2^±32`` in float32) :meth:`Method.apply` solves on
+      rows rescaled by a power of two (the weights do not depend on the scale), so ``d`` keeps
+      its direction and stays finite; a row decades shorter than the longest may count as zero
+      there.
 
     Example:
       >>> import numpy as np, mtljax
@@ -64,7 +68,9 @@ def dualproj(
         count = jnp.maximum(num_present(mask, gram.dtype), 1.0)
         rescale = num_tasks / count if reduction == "mean" else 1.0
         start = restrict(jnp.asarray(u, gram.dtype) * rescale, mask)
-        weights = project_dual_cone(gram, start, reg_eps=reg_eps, norm_eps=norm_eps, mask=mask)
+        weights = project_dual_cone_many(
+            gram, start[None], reg_eps=reg_eps, norm_eps=norm_eps, mask=mask
+        )[0]
         return weights, state
 
-    return gram_weighting("dualproj", num_tasks, optax.EmptyState, weights_fn)
+    return gram_weighting("dualproj", num_tasks, optax.EmptyState, weights_fn, degree=0.0)

@@ -41,6 +41,9 @@ def fairgrad(
       positive null vector of ``G`` (exactly opposite gradients) there is no solution and the
       regularised solve returns large finite weights whose combination cancels (see
       :func:`mtljax.solvers._fair.alpha_fair_weights`).
+      At extreme scales :meth:`Method.apply` solves on rows rescaled by a power of two ``m`` and
+      rescales ``w`` by ``m^(−2α/(1+α))`` and ``d`` by ``m^((1−α)/(1+α))``, each once, so ``d``
+      stays finite (``w`` may underflow to 0).
 
     Example:
       >>> import numpy as np, mtljax
@@ -60,4 +63,5 @@ def fairgrad(
         weights = alpha_fair_weights(gram, alpha=alpha, max_iters=max_iters, tol=tol, mask=mask)
         return weights, state
 
-    return gram_weighting("fairgrad", num_tasks, optax.EmptyState, weights_fn)
+    return gram_weighting("fairgrad", num_tasks, optax.EmptyState, weights_fn,
+                          degree=-alpha / (1.0 + alpha))

@@ -20,7 +20,9 @@ Two ways to get the "after" losses:
 Under a ``task_mask`` the weights are the softmax over the K present tasks, and the logits
 step moves the present tasks' logits only (those present both before and after, for
 ``same_batch=False``); the state records the step's mask, so ``after_step`` leaves the absent
-tasks out even when its caller does not pass the mask.
+tasks out even when its caller does not pass the mask. A non-finite loss, before or after the
+update, counts as absent for the state: the state stays finite, and that task's logit, log
+loss and optimizer rows are left as they were (Adam's step count is shared and still moves).
 
 References:
   Liu, Feng, Stone & Liu, "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023,
@@ -127,19 +129,26 @@ def famo(
         mask = task_support(task_mask, num_tasks)
         out_dtype = losses_dtype(losses)
         gaps = log_gaps(losses, jnp.promote_types(out_dtype, dtype))
+        # A present task's non-finite loss gives NaN weights (the caller sees it) but never
+        # enters the state: it is recorded as absent, its log loss and logit kept.
+        recorded = mask & jnp.isfinite(gaps)
         gaps = jnp.where(mask, gaps, state.log_gaps.astype(gaps.dtype))
         if not same_batch:
-            state = step_logits(state, gaps, mask & state.present)
+            state = step_logits(state, gaps, recorded & state.present)
         weights = masked_softmax(state.logits.astype(gaps.dtype) - gaps, mask).astype(out_dtype)
+        kept = jnp.where(recorded, gaps, state.log_gaps.astype(gaps.dtype))
         return weights, state._replace(
-            log_gaps=gaps.astype(dtype), has_prev=jnp.ones((), bool), present=mask
+            log_gaps=kept.astype(dtype), has_prev=jnp.ones((), bool), present=recorded
         )
 
     def after_step(state, *, task_losses_after, task_mask=None, **extra):
         del extra
-        # The step's task mask was recorded by weights_fn; an explicit one can only narrow it.
-        mask = state.present & task_support(task_mask, num_tasks)
-        return step_logits(state, log_gaps(jnp.asarray(task_losses_after), dtype), mask)
+        # The step's task mask was recorded by weights_fn; an explicit one can only narrow it,
+        # and so does a non-finite loss after the update (a dropped task's NaN label, a
+        # diverged task): those tasks' logits and optimizer rows stay as they were.
+        after = log_gaps(jnp.asarray(task_losses_after), dtype)
+        mask = state.present & task_support(task_mask, num_tasks) & jnp.isfinite(after)
+        return step_logits(state, after, mask)
 
     return loss_weighting(
         "famo", num_tasks, init_state, weights_fn, after_step=after_step if same_batch else None

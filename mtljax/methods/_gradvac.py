@@ -63,6 +63,10 @@ def gradvac(
       (float32; float64 when x64 is enabled). Pairs with a zero gradient are skipped and
       their targets left unchanged. A target of ±1 would need an unbounded correction: the
       denominator ``√(1 − φ̂²)`` is floored at the dtype's epsilon.
+      At extreme scales (entries beyond ``2^±32`` in float32) :meth:`Method.apply` solves on
+      rows rescaled by a power of two (the weights do not depend on the scale), so ``d`` keeps
+      its direction and stays finite; a row decades shorter than the longest may count as zero
+      there.
     """
     num_tasks = check_num_tasks(num_tasks)
     if not 0.0 <= ema_rate <= 1.0:
@@ -122,4 +126,4 @@ def gradvac(
         targets = jnp.where(pairs, targets.astype(state.targets.dtype), state.targets)
         return weights, GradVacState(key, targets)
 
-    return gram_weighting("gradvac", num_tasks, init_state, weights_fn)
+    return gram_weighting("gradvac", num_tasks, init_state, weights_fn, degree=0.0)

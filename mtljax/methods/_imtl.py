@@ -69,6 +69,10 @@ def imtl_g(num_tasks: int) -> Method:
     Returns:
       A stateless Gram-space :class:`~mtljax.methods.Method` (see :func:`imtl_g_weights` for
       degenerate inputs).
+      At extreme scales (entries beyond ``2^±32`` in float32) :meth:`Method.apply` solves on
+      rows rescaled by a power of two (the weights do not depend on the scale), so ``d`` keeps
+      its direction and stays finite; a row decades shorter than the longest may count as zero
+      there.
 
     Example:
       >>> import numpy as np, mtljax
@@ -81,7 +85,7 @@ def imtl_g(num_tasks: int) -> Method:
         del task_losses, extra
         return imtl_g_weights(gram, task_support(task_mask, num_tasks)), state
 
-    return gram_weighting("imtl_g", num_tasks, optax.EmptyState, weights_fn)
+    return gram_weighting("imtl_g", num_tasks, optax.EmptyState, weights_fn, degree=0.0)
 
 
 class IMTLState(NamedTuple):
@@ -122,4 +126,4 @@ def imtl(num_tasks: int, *, lr: float = 1e-2) -> Method:
         new = jnp.where(mask, new.astype(state.log_scales.dtype), state.log_scales)
         return alpha * scales, IMTLState(new)
 
-    return gram_weighting("imtl", num_tasks, init_state, weights_fn)
+    return gram_weighting("imtl", num_tasks, init_state, weights_fn, degree=0.0)

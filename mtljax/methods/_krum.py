@@ -34,6 +34,10 @@ def krum(num_tasks: int, *, n_byzantine: int = 0, n_selected: int = 1) -> Method
       torchjd's ``Krum``). Under a ``task_mask`` with K present tasks: Krum of the K present
       gradients; with ``K < f + 3`` no score sums a distance and Krum abstains (``w = 0``,
       ``d = 0``) rather than trust gradients it cannot vet; with ``K < m`` it averages the K.
+      At extreme scales (entries beyond ``2^±32`` in float32) :meth:`Method.apply` solves on
+      rows rescaled by a power of two (the weights do not depend on the scale), so ``d`` keeps
+      its direction and stays finite; a row decades shorter than the longest may count as zero
+      there.
 
     Example:
       >>> import numpy as np, mtljax
@@ -75,4 +79,4 @@ def krum(num_tasks: int, *, n_byzantine: int = 0, n_selected: int = 1) -> Method
         weights = jnp.where(selected, 1.0 / jnp.maximum(chosen, 1), 0.0).astype(gram.dtype)
         return weights, state
 
-    return gram_weighting("krum", num_tasks, optax.EmptyState, weights_fn)
+    return gram_weighting("krum", num_tasks, optax.EmptyState, weights_fn, degree=0.0)

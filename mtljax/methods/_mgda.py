@@ -50,6 +50,11 @@ def mgda(
     Returns:
       A Gram-space :class:`~mtljax.methods.Method`. Weights lie on the simplex; with every
       gradient zero they are uniform and ``d = 0``.
+      At extreme scales (entries beyond ``2^±32`` in float32) :meth:`Method.apply` solves on
+      rows rescaled by a power of two (the weights do not depend on the scale), so ``d`` keeps
+      its direction and stays finite; a row decades shorter than the longest may count as zero
+      there. A zero gradient puts 0 in the hull: ``d = 0`` exactly (the min-norm point,
+      Pareto-stationary), which the step reports as a zero ``update_norm``.
 
     Example:
       >>> import numpy as np, mtljax
@@ -78,4 +83,4 @@ def mgda(
                              mask=mask)
         return w / safe, state
 
-    return gram_weighting(name, num_tasks, optax.EmptyState, weights_fn, level=level)
+    return gram_weighting(name, num_tasks, optax.EmptyState, weights_fn, level=level, degree=0.0)

@@ -34,6 +34,9 @@ from mtljax.methods._base import (
     gradient_transform,
     hparam_aliases,
     require_losses,
+    row_norms,
+    scaled_rows,
+    unscaled_gram,
     weights_dtype,
 )
 from mtljax.solvers import project_simplex
@@ -90,6 +93,9 @@ def moco(
     Returns:
       A :class:`~mtljax.methods.Method` whose ``update`` is ``Yᵀ λ``. Its ``weights`` are λ,
       the weights of the tracked gradients ``Y`` (not of ``J``); they lie on the simplex.
+      The Gram matrix of the tracked gradients is formed from rows rescaled by a power of two
+      and scaled back, capped uniformly where it would pass the float range; norms for
+      ``normalization="loss"`` are computed without overflow.
     """
     num_tasks = check_num_tasks(num_tasks)
     if not 0 < ema_rate <= 1:
@@ -128,7 +134,7 @@ def moco(
         grads = per_task_grads
         if normalization == "loss":
             losses = restrict(require_losses("moco", num_tasks, task_losses).astype(dtype), mask)
-            norms = jnp.sqrt(linalg.squared_norms(per_task_grads))
+            norms = row_norms(per_task_grads).astype(dtype)
             grads = _scale_rows(per_task_grads, losses / (norms + 1e-8))
         tracking = jax.tree.map(
             lambda y, g: (y - beta_k * (y - g)).astype(y.dtype), state.tracking, grads
@@ -136,7 +142,8 @@ def moco(
         # Absent tasks: their tracked gradients and λ are kept; this step's λ lives on the
         # simplex of the present tasks, from the present part of the last λ.
         tracking = keep_absent(mask, tracking, state.tracking)
-        gram = restrict_gram(linalg.gram(tracking).astype(dtype), mask)
+        rows, scale = scaled_rows(tracking)
+        gram = unscaled_gram(restrict_gram(linalg.gram(rows).astype(dtype), mask), scale)
         lam = restrict_simplex(state.weights.astype(dtype), mask)
         lam = lam - gamma_k * (gram @ lam + rho * lam)
         if simplex_map == "softmax":

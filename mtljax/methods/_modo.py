@@ -30,6 +30,8 @@ from mtljax.methods._base import (
     check_input_tasks,
     check_num_tasks,
     gradient_transform,
+    scaled_rows,
+    unscaled_gram,
     weights_dtype,
 )
 from mtljax.methods._sdmgrad import cross_gram, extra_grads
@@ -59,6 +61,9 @@ def modo(num_tasks: int, *, gamma: float = 1e-3, rho: float = 0.1) -> Method:
     Returns:
       A :class:`~mtljax.methods.Method` with ``num_batches=3``; weights ``λ`` lie on the
       simplex (uniform at the start) and apply to the update batch: ``d = J_{z3}ᵀ λ``.
+      The cross Gram is formed from rows rescaled by a power of two and scaled back; where it
+      would pass the float range it is capped uniformly (same direction), so ``λ`` stays finite
+      and lands on a vertex as the true, enormous step would.
     """
     num_tasks = check_num_tasks(num_tasks)
     if not gamma > 0:
@@ -81,7 +86,9 @@ def modo(num_tasks: int, *, gamma: float = 1e-3, rho: float = 0.1) -> Method:
         dtype = weights_dtype(per_task_grads)
         # Under a mask: the step on the present tasks' simplex, from the present part of the
         # last λ; absent tasks keep their λ.
-        cross = restrict_gram(cross_gram(z1, z2).astype(dtype), mask)
+        # Absent rows (NaN allowed) are dropped before they can set the scale or the cap.
+        rows, scale = scaled_rows(drop_absent((z1, z2), task_mask))
+        cross = unscaled_gram(restrict_gram(cross_gram(*rows).astype(dtype), mask), scale)
         lam = restrict_simplex(state.weights.astype(dtype), mask)
         step = lam - gamma * (cross @ lam + rho * lam)
         # Π_Δ(v) = Π_Δ(v − c·1): shifting by the max keeps huge steps exact in float32.

@@ -58,6 +58,9 @@ def nash_mtl(
       Zero gradients get weight 0. With a positive null vector of ``G`` (e.g. exactly opposite
       gradients) no solution exists: the regularised solve gives large finite weights whose
       combination cancels, and the clip bounds ``d``. With every gradient zero, ``d = 0``.
+      At extreme scales :meth:`Method.apply` solves on rows rescaled by a power of two ``m`` and
+      divides ``α`` by ``m`` (``α`` has degree −½ in ``G``), so ``d`` stays finite; the kept
+      ``α`` is then the rescaled problem's (a warm start).
 
     Example:
       >>> import numpy as np, mtljax
@@ -99,4 +102,4 @@ def nash_mtl(
         kept = jnp.where(mask, alpha.astype(state.alpha.dtype), state.alpha)
         return weights, NashMTLState(kept, state.step + 1)
 
-    return gram_weighting("nash_mtl", num_tasks, init_state, weights_fn)
+    return gram_weighting("nash_mtl", num_tasks, init_state, weights_fn, degree=-0.5)

@@ -39,6 +39,10 @@ def pcgrad(num_tasks: int, *, reduction: str = "sum", key: jax.Array | int = 0) 
 
     Returns:
       A Gram-space :class:`~mtljax.methods.Method`.
+      At extreme scales (entries beyond ``2^±32`` in float32) :meth:`Method.apply` solves on
+      rows rescaled by a power of two (the weights do not depend on the scale), so ``d`` keeps
+      its direction and stays finite; a row decades shorter than the longest may count as zero
+      there.
     """
     num_tasks = check_num_tasks(num_tasks)
     if reduction not in REDUCTIONS:
@@ -77,4 +81,4 @@ def pcgrad(num_tasks: int, *, reduction: str = "sum", key: jax.Array | int = 0) 
             weights = weights / jnp.maximum(num_present(mask, weights.dtype), 1.0)
         return weights, PCGradState(key)
 
-    return gram_weighting("pcgrad", num_tasks, lambda: PCGradState(key0), weights_fn)
+    return gram_weighting("pcgrad", num_tasks, lambda: PCGradState(key0), weights_fn, degree=0.0)

@@ -34,6 +34,7 @@ from mtljax.methods._base import (
     check_num_tasks,
     gradient_transform,
     hparam_aliases,
+    scaled_rows,
     weights_dtype,
 )
 from mtljax.solvers import project_simplex
@@ -118,6 +119,9 @@ def sdmgrad(
       A :class:`~mtljax.methods.Method` with ``num_batches=3``. Weights sum to 1 and are at
       least ``λ/(T(1+λ))`` each. With zero or degenerate gradients the cross Gram is left
       unscaled and the weights stay finite.
+      The cross Gram is formed from rows rescaled by a common power of two (``Ĉ`` is
+      scale-free), so a row scaled by 1e30 or every row by 1e±20 gives finite weights in
+      float32.
     """
     num_tasks = check_num_tasks(num_tasks)
     if not lamda >= 0:
@@ -147,7 +151,9 @@ def sdmgrad(
         # Under a mask: the present tasks' cross Gram, mean gradient and simplex, from the
         # present part of the last w; absent tasks keep their w.
         count = jnp.maximum(num_present(mask, dtype), 1.0)
-        cross = restrict_gram(cross_gram(xi, xi_prime).astype(dtype), mask)
+        # Rows rescaled by a common power of two: Ĉ is scale-free, so nothing is undone.
+        rows, _ = scaled_rows(drop_absent((xi, xi_prime), task_mask))
+        cross = restrict_gram(cross_gram(*rows).astype(dtype), mask)
         scale = (jnp.sum(jnp.sqrt(jnp.clip(jnp.diagonal(cross), 0.0))) / count) ** 2
         cross = cross / jnp.where(scale > jnp.finfo(dtype).tiny, scale, 1.0)
         shift = restrict(jnp.full((num_tasks,), lamda, dtype) / count, mask)

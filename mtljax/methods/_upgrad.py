@@ -4,7 +4,8 @@ Each task gradient ``g_t`` is projected onto the dual cone ``{x : J x ≥ 0}`` o
 gradients, and the projections are averaged. In Gram space the projection of ``g_t = Jᵀe_t``
 is ``Jᵀw⁽ᵗ⁾`` with ``w⁽ᵗ⁾ = argmin_{w ≥ e_t} wᵀGw``, so ``w = (1/T) Σ_t w⁽ᵗ⁾``. The T solves run
 in parallel (``vmap``) with the active-set solver of
-:func:`mtljax.solvers._dual_cone.project_dual_cone`.
+:func:`mtljax.solvers._dual_cone.project_dual_cone`, or, from T = 64 on (instance-wise rows),
+all at once with matrix products (:mod:`mtljax.solvers._dual_cone_batch`).
 
 The update conflicts with no task (``J d ≥ 0``; with the default ridge ``reg_eps = 1e-4`` only
 up to ``g_t · d ≥ −reg_eps · tr(G) · w_t``, see below), is equivariant
@@ -17,14 +18,13 @@ References:
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from mtljax.methods._base import Method, check_num_tasks, gram_weighting
 from mtljax.methods._ew import REDUCTIONS
-from mtljax.solvers._dual_cone import project_dual_cone
+from mtljax.solvers._dual_cone_batch import project_dual_cone_many
 from mtljax.solvers._mask import num_present, restrict, task_support
 
 
@@ -78,6 +78,10 @@ def upgrad(
     Returns:
       A Gram-space :class:`~mtljax.methods.Method`. Zero gradients give ``w = u``, ``d = 0``;
       at T = 1 the update is the gradient times ``u_1``.
+      At extreme scales (entries beyond ``2^±32`` in float32) :meth:`Method.apply` solves on
+      rows rescaled by a power of two (the weights do not depend on the scale), so ``d`` keeps
+      its direction and stays finite; a row decades shorter than the longest may count as zero
+      there.
 
     Example:
       >>> import numpy as np, mtljax
@@ -95,11 +99,9 @@ def upgrad(
         count = jnp.maximum(num_present(mask, gram.dtype), 1.0)
         rescale = num_tasks / count if reduction == "mean" else 1.0
         starts = jnp.diag(restrict(jnp.asarray(u, gram.dtype) * rescale, mask))
-        projections = jax.vmap(
-            lambda start: project_dual_cone(
-                gram, start, reg_eps=reg_eps, norm_eps=norm_eps, mask=mask
-            )
-        )(starts)
+        projections = project_dual_cone_many(
+            gram, starts, reg_eps=reg_eps, norm_eps=norm_eps, mask=mask
+        )
         return projections.sum(0), state
 
-    return gram_weighting("upgrad", num_tasks, optax.EmptyState, weights_fn)
+    return gram_weighting("upgrad", num_tasks, optax.EmptyState, weights_fn, degree=0.0)

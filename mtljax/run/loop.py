@@ -1,9 +1,9 @@
-"""The training loop: jitted steps, with validation, logging and checkpoints on schedule.
+"""The training loop: one jitted step, with validation, logging and checkpoints on schedule.
 
-Diagnostics need the Jacobian, which a loss-only method otherwise skips (one backward pass):
-on step 1 and every ``diagnostics_every`` steps a second compiled step with
-``diagnostics=True`` runs, the cheap one otherwise, so EW and friends stay one-backward in
-between.
+Diagnostics are logged on step 1 and every ``diagnostics_every`` steps. A loss-only method
+computes them only then (the step's ``diagnostics_every``: a ``lax.cond`` around the Gramian
+engine's ``G``), so EW and friends stay one backward pass in between; other methods have
+``G`` at every step, and the loop drops their diagnostics from the other steps' records.
 """
 
 from __future__ import annotations
@@ -20,8 +20,13 @@ from mtljax.run.log import RunLog
 from mtljax.train import make_train_step
 
 
-def compile_step(experiment: Experiment, config: RunConfig, *, diagnostics: bool):
+DIAGNOSTIC_KEYS = ("grad_norms", "cosine", "conflict_fraction", "magnitude_similarity",
+                   "update_norm", "update_cosine", "diagnosed")
+
+
+def compile_step(experiment: Experiment, config: RunConfig):
     """The jitted train step (its state donated)."""
+    every = config.schedule.diagnostics_every
     step = make_train_step(
         experiment.loss,
         experiment.tasks,
@@ -29,7 +34,8 @@ def compile_step(experiment: Experiment, config: RunConfig, *, diagnostics: bool
         experiment.optimizer,
         level=config.level,
         nonfinite=config.nonfinite,
-        diagnostics=diagnostics,
+        diagnostics=every > 0,
+        diagnostics_every=every or None,
     )
     return jax.jit(step, donate_argnums=0)
 
@@ -59,18 +65,17 @@ def train(
       The seconds spent outside ``validate``.
     """
     schedule = config.schedule
-    cheap = compile_step(experiment, config, diagnostics=False)
-    diag = (
-        compile_step(experiment, config, diagnostics=True) if schedule.diagnostics_every else None
-    )
+    step_fn = compile_step(experiment, config)
     num_batches = experiment.method.num_batches
     eval_time = 0.0
     start = time.perf_counter()
     for step in range(state.step + 1, schedule.steps + 1):
         batches = [next(experiment.batches) for _ in range(num_batches)]
         batch = batches[0] if num_batches == 1 else tuple(batches)
-        diagnose = diag is not None and (step == 1 or step % schedule.diagnostics_every == 0)
-        state.train, metrics = (diag if diagnose else cheap)(state.train, batch)
+        state.train, metrics = step_fn(state.train, batch)
+        every = schedule.diagnostics_every
+        if not every or (step != 1 and step % every):
+            metrics = {k: v for k, v in metrics.items() if k not in DIAGNOSTIC_KEYS}
         state.step = step
         log.step(step, metrics)
         last = step == schedule.steps

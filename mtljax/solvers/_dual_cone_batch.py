@@ -5,27 +5,37 @@ UPGrad projects every task gradient onto the dual cone: ``T`` problems
 (:func:`mtljax.solvers._dual_cone.project_dual_cone`) refactorises a ``T × T`` matrix per
 iteration and per problem, ``O(T⁴)`` a pass: 2 s at T = 128 and minutes at T = 256 on two CPU
 cores. Here the problems are the columns of one ``[T, K]`` matrix ``Z = W − U ≥ 0`` and every
-iteration costs one or two ``[T, T] @ [T, K]`` products:
+iteration costs one ``[T, T] @ [T, K]`` product:
 
 1. Jacobi scaling ``Z = D Y``, ``D = diag(Ĝ)^(−1/2)``: the scaled matrix ``S = D Ĝ D`` has a
-   unit diagonal, so gradients many decades apart in norm converge alike.
-2. Rounds of gradient projection and conjugate gradients (GPCG, Moré & Toraldo, SIAM J. Optim.
-   1991): a few accelerated projected-gradient steps (FISTA with gradient restart, Beck &
-   Teboulle 2009; O'Donoghue & Candès 2015) identify the active face ``{y_i = 0}``, then
-   conjugate gradients on the free variables solve the face's equality problem; the CG point
-   is kept when its projection onto ``Y ≥ 0`` lowers the objective, else the step is cut back
-   to the boundary (convexity makes that a descent step). CG needs one iteration per outlying
-   eigenvalue of ``S`` (the shared direction of correlated gradients), where projected
-   gradient pays the whole condition number.
-3. It stops when every column meets the KKT conditions of the active-set solver's test,
-   ``(Ĝw)_i ≥ −δ_i`` and ``|(Ĝw)_i| ≤ δ_i`` where ``w_i > u_i``, with
-   ``δ_i = tol · ‖ĝ_i‖ Σ_k ‖ĝ_k‖ |w_k|``, or after ``max_rounds`` rounds.
+   unit diagonal, so gradients many decades apart in norm converge alike, and the problem is
+   ``min_{Y ≥ 0} ½ tr((V + Y)ᵀ S (V + Y))`` with ``V = D⁻¹ U``.
+2. Primal-dual active-set rounds (Hintermüller, Ito & Kunisch, SIAM J. Optim. 2002; a
+   semismooth Newton method): with ``Λ = S(V + Y)`` the multipliers, each column frees the
+   variables with ``y_i − λ_i > 0``, binds the others to 0, and solves the face's equality
+   problem ``(S(V + Y))_F = 0`` by conjugate gradients warm-started from the previous round.
+   Many variables change sides per round, so on instance-wise Gram matrices every column is
+   optimal after about 6 rounds of ``cg_steps + 2`` products, where adding or dropping one
+   variable at a time needs as many rounds as the face has variables.
+3. These rounds are not monotone and may cycle on degenerate problems. Columns that are not
+   optimal after ``newton_rounds`` continue with the monotone fallback, rounds of gradient
+   projection and conjugate gradients (GPCG, Moré & Toraldo, SIAM J. Optim. 1991): a few
+   accelerated projected-gradient steps (FISTA with gradient restart, Beck & Teboulle 2009;
+   O'Donoghue & Candès 2015) identify the active face ``{y_i = 0}``, CG on the free variables
+   solves the face's equality problem, and the CG point is kept when its projection onto
+   ``Y ≥ 0`` lowers the objective, else the step is cut back to the boundary (convexity makes
+   that a descent step).
+4. Both stages stop when every column meets the KKT conditions of the active-set solver's
+   test, ``(Ĝw)_i ≥ −δ_i`` and ``|(Ĝw)_i| ≤ δ_i`` where ``w_i > u_i``, with
+   ``δ_i = tol · ‖ĝ_i‖ Σ_k ‖ĝ_k‖ |w_k|``, or after their budgets.
 
-The step size of projected gradient is ``1/L`` with ``L ≥ λ_max(S)`` from repeated squaring:
+The fallback's step size is ``1/L`` with ``L ≥ λ_max(S)`` from repeated squaring:
 ``‖S^m‖_F^(1/m)`` bounds ``λ_max`` from above and is within a factor ``T^(1/(2m))`` of it
 (``m = 64``: 6 products, at most 6 % over at T = 1024).
 
 References:
+  Hintermüller, Ito & Kunisch, "The primal-dual active set strategy as a semismooth Newton
+  method", SIAM J. Optim. 13(3), 2002.
   Moré & Toraldo, "On the solution of large quadratic programming problems with bound
   constraints", SIAM J. Optim. 1(1), 1991.
   Beck & Teboulle, "A fast iterative shrinkage-thresholding algorithm", SIAM J. Imaging Sci.,
@@ -119,6 +129,49 @@ def _kkt_violation(s, sv, v, y, support, tol):
     return jnp.max(jnp.where(support, residual, 0.0), axis=0) / scale
 
 
+def _active_set_rounds(s, sv, v, support, tol, rounds, cg_steps):
+    """Primal-dual active-set rounds from ``Y = 0``; returns ``(Y, worst KKT violation)``.
+
+    The face solve's iterate ``Y`` may be negative where a variable is about to be bound; the
+    KKT test is taken at its projection ``max(Y, 0)``, which is what is returned.
+    """
+
+    def cond(carry):
+        i, _, _, worst = carry
+        return (i < rounds) & (worst > 1.0)
+
+    def body(carry):
+        i, y, grad, _ = carry
+        free = support & (y - grad > 0.0)
+        y = _face_cg(s, sv, jnp.where(free, y, 0.0), free, cg_steps)
+        worst = jnp.max(_kkt_violation(s, sv, v, jnp.maximum(y, 0.0), support, tol))
+        return i + 1, y, sv + s @ y, worst
+
+    y0 = jnp.zeros_like(v)
+    start = (0, y0, sv, jnp.max(_kkt_violation(s, sv, v, y0, support, tol)))
+    _, y, _, worst = lax.while_loop(cond, body, start)
+    return jnp.maximum(y, 0.0), worst
+
+
+def _gpcg_rounds(s, sv, v, y, worst, support, tol, rounds, gradient_steps, cg_steps):
+    """Monotone GPCG rounds from a feasible ``Y`` until every column meets the KKT test."""
+    step = 1.0 / jnp.maximum(spectral_bound(s), 1.0)
+
+    def cond(carry):
+        i, _, worst = carry
+        return (i < rounds) & (worst > 1.0)
+
+    def body(carry):
+        i, y, _ = carry
+        y = _projected_gradient(s, sv, y, step, support, gradient_steps)
+        target = _face_cg(s, sv, y, y > 0.0, cg_steps)
+        y = _descend_to(s, v, y, target, support)
+        return i + 1, y, jnp.max(_kkt_violation(s, sv, v, y, support, tol))
+
+    _, y, _ = lax.while_loop(cond, body, (0, y, worst))
+    return y
+
+
 def project_dual_cone_batch(
     gram: jax.Array,
     starts: jax.Array,
@@ -126,17 +179,19 @@ def project_dual_cone_batch(
     reg_eps: float = 1e-4,
     norm_eps: float = 0.0,
     tol: float | None = None,
+    newton_rounds: int = 20,
     max_rounds: int = 60,
     gradient_steps: int = 6,
-    cg_steps: int = 12,
+    cg_steps: int = 8,
     mask: jax.Array | None = None,
 ) -> jax.Array:
     """``w⁽ᵏ⁾ = argmin_{w ≥ u⁽ᵏ⁾} wᵀ Ĝ w`` for every row ``u⁽ᵏ⁾`` of ``starts``, ``Ĝ`` as in
     :func:`mtljax.solvers._dual_cone.regularize_gram`.
 
     Same problems and result as ``jax.vmap(project_dual_cone)`` over the rows, solved by
-    gradient projection and conjugate gradients on all of them at once (see the module
-    docstring): exact up to ``tol`` in the KKT conditions rather than finitely.
+    primal-dual active-set rounds with conjugate gradients on all of them at once, then GPCG
+    where those have not converged (see the module docstring): exact up to ``tol`` in the
+    KKT conditions rather than finitely.
 
     Args:
       gram: ``[T, T]`` Gram matrix ``J Jᵀ``.
@@ -144,9 +199,11 @@ def project_dual_cone_batch(
       reg_eps, norm_eps: as in :func:`mtljax.solvers._dual_cone.project_dual_cone`.
       tol: relative KKT tolerance (``δ_i`` in the module docstring); ``64 eps`` of the dtype
         (the active-set solver's) by default.
-      max_rounds: budget of rounds (``gradient_steps + cg_steps + 4`` products each).
-      gradient_steps: projected-gradient steps per round.
-      cg_steps: conjugate-gradient steps per round.
+      newton_rounds: budget of active-set rounds (``cg_steps + 2`` products each).
+      max_rounds: budget of fallback GPCG rounds (``gradient_steps + cg_steps + 4`` products
+        each); none runs when the active-set rounds converged.
+      gradient_steps: projected-gradient steps per GPCG round.
+      cg_steps: conjugate-gradient steps per round of either kind.
       mask: optional ``[T]`` bool support (absent tasks' constraints are dropped, their
         weights are 0), as in ``project_dual_cone``.
 
@@ -171,22 +228,8 @@ def project_dual_cone_batch(
     v = u / d[:, None]
     sv = s @ v
     support = mask[:, None] & jnp.ones_like(v, bool)
-    step = 1.0 / jnp.maximum(spectral_bound(s), 1.0)
-
-    def cond(carry):
-        i, _, worst = carry
-        return (i < max_rounds) & (worst > 1.0)
-
-    def body(carry):
-        i, y, _ = carry
-        y = _projected_gradient(s, sv, y, step, support, gradient_steps)
-        target = _face_cg(s, sv, y, y > 0.0, cg_steps)
-        y = _descend_to(s, v, y, target, support)
-        return i + 1, y, jnp.max(_kkt_violation(s, sv, v, y, support, tol))
-
-    y0 = jnp.zeros_like(v)
-    start = (0, y0, jnp.max(_kkt_violation(s, sv, v, y0, support, tol)))
-    _, y, _ = lax.while_loop(cond, body, start)
+    y, worst = _active_set_rounds(s, sv, v, support, tol, newton_rounds, cg_steps)
+    y = _gpcg_rounds(s, sv, v, y, worst, support, tol, max_rounds, gradient_steps, cg_steps)
     return (u + d[:, None] * y).T
 
 

@@ -15,6 +15,11 @@ from jax.scipy.linalg import cho_factor, cho_solve
 
 from mtljax.solvers._mask import restrict_gram, task_support
 
+# From this many tasks on, min_norm_simplex screens the vertices first (each corral change of
+# Wolfe's loop refactorises a T × T matrix); SCREEN_STEPS accelerated gradient steps screen.
+SCREEN_FROM = 64
+SCREEN_STEPS = 200
+
 
 def normalize_gram(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Returns ``(G / s, s)`` with ``s`` the largest diagonal entry (1 when G is zero).
@@ -51,6 +56,13 @@ def min_norm_simplex(
     also at Pareto-stationary points where ``d = 0`` (where Frank-Wolfe only converges
     sublinearly).
 
+    From ``T = SCREEN_FROM`` on (instance-wise rows), where each corral change refactorises a
+    large matrix, the vertices are screened first (:func:`_screened_wolfe`): accelerated
+    projected gradient on the simplex finds an approximate minimiser, Wolfe's loop runs from
+    its support on the ``T // 2`` most promising vertices, and the stopping test is then
+    checked on every vertex; only if it fails does the loop run again on the whole problem
+    from the first vertex. The result meets the same test either way.
+
     Args:
       gram: ``[T, T]`` positive semi-definite matrix.
       max_iters: budget of solves (``3T + 10`` by default); the result is on the simplex
@@ -73,40 +85,62 @@ def min_norm_simplex(
 
     References:
       Wolfe, "Finding the nearest point in a polytope", Math. Programming 11, 1976.
+      Beck & Teboulle, "A fast iterative shrinkage-thresholding algorithm", SIAM J. Imaging
+      Sci., 2009.
     """
     t = gram.shape[0]
     mask = task_support(mask, t)
     gram = restrict_gram(gram, mask)
     g, _ = normalize_gram(gram)
-    eps = jnp.finfo(g.dtype).eps
     budget = 3 * t + 10 if max_iters is None else max_iters
     count = jnp.sum(mask).astype(g.dtype)
-    tol = 10 * count * eps if tol is None else tol
-    diag = jnp.diagonal(g)
+    tol = 10 * count * jnp.finfo(g.dtype).eps if tol is None else tol
     # The stopping test of vertex t is scaled by ‖g_t‖ (normalised): the round-off of (G w)_t is
     # proportional to it, and it keeps the gradients many decades smaller than the largest one
     # exactly non-conflicting too: g_t · d ≥ ‖d‖² − tol ‖g_t‖ max_s ‖g_s‖.
-    slack = tol * jnp.sqrt(jnp.clip(diag, 0.0))
-    eye = jnp.eye(t, dtype=g.dtype)
+    slack = tol * jnp.sqrt(jnp.clip(jnp.diagonal(g), 0.0))
+    if t < SCREEN_FROM:
+        w = _wolfe(g, mask, slack, budget, *_first_vertex(g, mask))
+    else:
+        w = _screened_wolfe(g, mask, slack, budget)
+    zero = jnp.max(jnp.diagonal(gram)) <= jnp.finfo(g.dtype).tiny
+    uniform = jnp.where(mask, 1.0 / jnp.maximum(count, 1.0), 0.0)
+    return jnp.where(zero, uniform, jnp.where(mask, w, 0.0))
 
-    def affine_min_norm(corral):
-        # x = g_k + Σ_{i∈B} λ_i (g_i − g_k) over B = S \ {k}, k the corral's shortest gradient:
-        # the normal equations M λ = −b, M_ij = (g_i − g_k)·(g_j − g_k), b_i = (g_i − g_k)·g_k,
-        # are positive definite exactly when S is affinely independent, and (Cholesky being
-        # invariant to diagonal scaling) stay accurate when the corral mixes gradients many
-        # decades apart in norm. Rows and columns outside B are those of the identity.
-        k = jnp.argmin(jnp.where(corral, diag, jnp.inf))
-        col = g[:, k]
-        basis = corral & (jnp.arange(t) != k)
-        m = g - col[:, None] - col[None, :] + g[k, k]
-        system = jnp.where(jnp.outer(basis, basis), m, eye)
-        rhs = jnp.where(basis, g[k, k] - col, 0.0)
-        factor = cho_factor(system)
-        lam = cho_solve(factor, rhs)
-        # One step of iterative refinement removes the square roots' rounding (exact 1/2s).
-        lam = lam + cho_solve(factor, rhs - system @ lam)
-        lam = jnp.where(basis, lam, 0.0)
-        return lam + jax.nn.one_hot(k, t, dtype=g.dtype) * (1.0 - jnp.sum(lam))
+
+def _first_vertex(g, mask):
+    """Wolfe's start: the corral and weights of the shortest present gradient."""
+    t = g.shape[0]
+    first = jnp.argmin(jnp.where(mask, jnp.diagonal(g), jnp.inf))
+    return jnp.arange(t) == first, jax.nn.one_hot(first, t, dtype=g.dtype)
+
+
+def _affine_min_norm(g, corral):
+    """Weights of the min-norm point of the affine hull of the ``corral``'s vertices."""
+    t = g.shape[0]
+    # x = g_k + Σ_{i∈B} λ_i (g_i − g_k) over B = S \ {k}, k the corral's shortest gradient:
+    # the normal equations M λ = −b, M_ij = (g_i − g_k)·(g_j − g_k), b_i = (g_i − g_k)·g_k,
+    # are positive definite exactly when S is affinely independent, and (Cholesky being
+    # invariant to diagonal scaling) stay accurate when the corral mixes gradients many
+    # decades apart in norm. Rows and columns outside B are those of the identity.
+    k = jnp.argmin(jnp.where(corral, jnp.diagonal(g), jnp.inf))
+    col = g[:, k]
+    basis = corral & (jnp.arange(t) != k)
+    m = g - col[:, None] - col[None, :] + g[k, k]
+    system = jnp.where(jnp.outer(basis, basis), m, jnp.eye(t, dtype=g.dtype))
+    rhs = jnp.where(basis, g[k, k] - col, 0.0)
+    factor = cho_factor(system)
+    lam = cho_solve(factor, rhs)
+    # One step of iterative refinement removes the square roots' rounding (exact 1/2s).
+    lam = lam + cho_solve(factor, rhs - system @ lam)
+    lam = jnp.where(basis, lam, 0.0)
+    return lam + jax.nn.one_hot(k, t, dtype=g.dtype) * (1.0 - jnp.sum(lam))
+
+
+def _wolfe(g, mask, slack, budget, corral, w):
+    """Wolfe's loop (see :func:`min_norm_simplex`) from an affinely independent ``corral``
+    holding ``w`` (on the simplex, positive exactly on the corral)."""
+    t = g.shape[0]
 
     def cond(carry):
         i, _, _, done = carry
@@ -114,7 +148,7 @@ def min_norm_simplex(
 
     def body(carry):
         i, corral, w, _ = carry
-        v = affine_min_norm(corral)
+        v = _affine_min_norm(g, corral)
         inside = jnp.all(jnp.where(corral, v > 0.0, True))
         # Inside: x = v, then add the vertex that most violates the optimality test.
         gv = g @ v
@@ -136,12 +170,83 @@ def min_norm_simplex(
         corral = jnp.where(finite, new_corral, corral)
         return i + 1, corral, w, (inside & optimal) | ~finite
 
-    first = jnp.argmin(jnp.where(mask, diag, jnp.inf))
-    start = (0, jnp.arange(t) == first, jax.nn.one_hot(first, t, dtype=g.dtype), jnp.array(False))
-    _, _, w, _ = lax.while_loop(cond, body, start)
-    zero = jnp.max(jnp.diagonal(gram)) <= jnp.finfo(g.dtype).tiny
-    uniform = jnp.where(mask, 1.0 / jnp.maximum(count, 1.0), 0.0)
-    return jnp.where(zero, uniform, jnp.where(mask, w, 0.0))
+    _, _, w, _ = lax.while_loop(cond, body, (0, corral, w, jnp.array(False)))
+    return w
+
+
+def _screened_wolfe(g, mask, slack, budget):
+    """Wolfe's loop on screened vertices, checked on all of them (see :func:`min_norm_simplex`).
+
+    Accelerated projected gradient gives ``w̃ ≈ w*``; the ``m = T // 2`` candidates are the
+    support of ``w̃`` (by weight), then the vertices with the smallest ``(G w̃)_t``. Active-set
+    rounds on the candidates (:func:`_support_rounds`) correct the support of ``w̃`` many
+    vertices at a time, and Wolfe's loop finishes from there (an affinely dependent support
+    makes its solve non-finite: it then stops and fails the check below).
+    """
+    t = g.shape[0]
+    m = max(SCREEN_FROM, t // 2)
+    approx = _accelerated_simplex(g, mask, SCREEN_STEPS)
+    priority = jnp.where(approx > 0.0, 2.0 + approx, -(g @ approx))
+    _, idx = lax.top_k(jnp.where(mask, priority, -jnp.inf), m)
+    sub, sub_mask = g[idx[:, None], idx[None, :]], mask[idx]
+    corral = _support_rounds(sub, sub_mask, slack[idx], sub_mask & (approx[idx] > 0.0))
+    start = jnp.where(corral, jnp.maximum(_affine_min_norm(sub, corral), 0.0), 0.0)
+    start = start / jnp.maximum(jnp.sum(start), jnp.finfo(g.dtype).tiny)
+    sub_w = _wolfe(sub, sub_mask, slack[idx], budget, start > 0.0, start)
+    w = jnp.zeros((t,), g.dtype).at[idx].set(sub_w)
+    gw = g @ w
+    optimal = jnp.all(~mask | (gw >= w @ gw - slack)) & jnp.all(jnp.isfinite(w))
+    return lax.cond(
+        optimal, lambda: w, lambda: _wolfe(g, mask, slack, budget, *_first_vertex(g, mask))
+    )
+
+
+def _support_rounds(g, mask, slack, corral, rounds: int = 8):
+    """Primal-dual active-set rounds for the simplex QP from ``corral``: each solves for the
+    affine min-norm point ``v`` of the corral, drops every vertex with ``v_i ≤ 0`` and adds
+    every vertex failing Wolfe's test at ``v``, until the corral stops changing. Not monotone
+    (Wolfe's loop, which follows, is): a round with a non-finite solve changes nothing."""
+
+    def cond(carry):
+        i, _, changed = carry
+        return (i < rounds) & changed
+
+    def body(carry):
+        i, corral, _ = carry
+        v = _affine_min_norm(g, corral)
+        gv = g @ v
+        new = (corral & (v > 0.0)) | (~corral & mask & (gv < v @ gv - slack))
+        new = jnp.where(jnp.all(jnp.isfinite(v)) & jnp.any(new), new, corral)
+        return i + 1, new, jnp.any(new != corral)
+
+    _, corral, _ = lax.while_loop(cond, body, (0, corral, jnp.array(True)))
+    return corral
+
+
+def _accelerated_simplex(g, mask, steps):
+    """``steps`` of FISTA with gradient restart on ``min_{w∈Δ} ½ wᵀGw`` from the barycentre.
+
+    The step ``1/L`` uses ``L = 1.5 λ̂`` (``λ̂`` from 20 power iterations, capped by the bound
+    ``‖G‖_F``): only a screen, its accuracy is not relied on.
+    """
+    x = jnp.where(mask, 1.0, 0.0).astype(g.dtype)
+    for _ in range(20):
+        x = g @ x
+        x = x / jnp.maximum(jnp.linalg.norm(x), jnp.finfo(g.dtype).tiny)
+    lipschitz = jnp.minimum(1.5 * x @ (g @ x), jnp.linalg.norm(g))
+    step = 1.0 / jnp.maximum(lipschitz, jnp.finfo(g.dtype).tiny)
+
+    def body(_, carry):
+        w, x, k = carry
+        w_new = project_simplex(x - step * (g @ x), mask=mask)
+        restart = jnp.sum((x - w_new) * (w_new - w)) > 0.0
+        k_new = jnp.where(restart, 1.0, 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * k * k)))
+        beta = jnp.where(restart, 0.0, (k - 1.0) / k_new)
+        return w_new, w_new + beta * (w_new - w), k_new
+
+    w0 = project_simplex(jnp.zeros((g.shape[0],), g.dtype), mask=mask)
+    w, _, _ = lax.fori_loop(0, steps, body, (w0, w0, jnp.ones((), g.dtype)))
+    return w
 
 
 def project_simplex(

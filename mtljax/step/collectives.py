@@ -50,6 +50,11 @@ def gather_task_vector(local: jax.Array, num_tasks: int, axis_name: str) -> jax.
     return lax.psum(padded, axis_name)[:num_tasks]
 
 
+def gather_task_rows(local: jax.Array, axis_name: str) -> jax.Array:
+    """Every device's ``[k, ...]`` rows stacked ``[N·k, ...]`` in device order, replicated."""
+    return gather_task_vector(local, local.shape[0] * lax.axis_size(axis_name), axis_name)
+
+
 def _cross_gram(a, b) -> jax.Array:
     # A_i B_jᵀ summed over leaves, in at least float32 like linalg.gram.
     dtype = linalg.gram_dtype(a)

@@ -22,6 +22,7 @@ class EngineOutput(NamedTuple):
     shared_update: Any  # shaped like params["shared"]
     head_update: Any  # shaped like params["heads"]
     metrics: dict  # diagnostics, when asked for
+    row_weights: Any = None  # instance-wise: the [T, B] row weights (weights are their sums)
 
 
 Engine = Callable[[StepContext, Any, Any, tuple], EngineOutput]

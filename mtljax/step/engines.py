@@ -203,17 +203,20 @@ ENGINES: dict[str, Engine] = {
 def select_engine(method: Method, options: StepOptions) -> str:
     """The name in :data:`ENGINES` of the engine for this method and these options.
 
-    ``engine="gramian"`` (or instance-wise rows) takes the Gramian engine: loss-only and
-    Gram-space methods at the parameter level. Otherwise loss-only methods take one backward
-    pass (their diagnostics, every ``diagnostics_every`` steps, come from the Gramian engine's
-    ``G``; :func:`mtljax.step.gramian.loss_method_diagnostics`), unless ``engine="jacobian"``
-    asks for the Jacobian (the same update by linearity).
+    Instance-wise rows take the Gramian engine. Gram-space methods take it with
+    ``engine="gramian"`` (parameter level). Loss-only methods take one backward pass (their
+    diagnostics, every ``diagnostics_every`` steps, come from the Gramian engine's ``G``;
+    :func:`mtljax.step.gramian.loss_method_diagnostics`), unless ``engine="jacobian"`` asks
+    for the Jacobian (the same update by linearity).
     """
-    if options.engine == "gramian" or options.instance_wise:
+    if options.instance_wise:
         _check_gramian(method, options)
         return "gramian"
     if method.kind == "loss" and options.engine != "jacobian":
         return "loss"
+    if options.engine == "gramian":
+        _check_gramian(method, options)
+        return "gramian"
     if options.parallel.task_axis is not None:
         return "task_sharded"
     return "representation" if options.level == "representation" else "jacobian"
@@ -226,5 +229,5 @@ def _check_gramian(method: Method, options: StepOptions) -> None:
             f'engine="gramian" needs a loss-only or Gram-space method; {method.name!r} needs '
             "the per-task gradients themselves. Use engine=\"jacobian\"."
         )
-    if options.level != "parameters" or options.parallel.task_axis is not None:
-        raise ValueError('engine="gramian" runs at the parameter level, without task_axis.')
+    if options.level != "parameters":
+        raise ValueError('engine="gramian" runs at the parameter level.')

@@ -157,8 +157,9 @@ class StepOptions:
       parallel: a :class:`Parallelism` value.
       nonfinite: ``"skip_step"`` or ``"drop_task"``.
       diagnostics: whether the step computes the Gram-based conflict metrics.
-      diagnostics_every: they are computed on the steps where ``state.step % k == 0`` (the
-        others report NaN and ``metrics["diagnosed"] = False``). Only loss-only methods skip
+      diagnostics_every: they are computed on the first step and every k-th
+        (``state.step == 0`` or ``(state.step + 1) % k == 0``; the others report NaN and
+        ``metrics["diagnosed"] = False``). Only loss-only methods skip
         work on the other steps (their update needs no Gram matrix); for the others ``G`` exists
         anyway and k is 1.
       weight_heads: whether head parameters get the method's weights (else weight 1).

@@ -48,9 +48,9 @@ class TrainStep:
         batches = split_batches(ctx, batch)
         params, batches = to_compute(ctx, (state.params, batches))
         out = ENGINES[self.engine](ctx, state.method_state, params, batches)
-        if self.engine == "loss" and ctx.options.diagnostics:
+        if ctx.method.kind == "loss" and self.engine != "jacobian" and ctx.options.diagnostics:
             out = out._replace(metrics=loss_method_diagnostics(ctx, state.step, params,
-                                                               batches[0], out.weights))
+                                                               batches[0], out.weights if out.row_weights is None else out.row_weights))
         out = reduce_across_devices(ctx, out)
         updates = to_param_dtype({"shared": out.shared_update, "heads": out.head_update},
                                  state.params)
@@ -190,7 +190,7 @@ def make_train_step(
           every task's row, so ``"drop_task"`` then drops every task and the step does nothing.
         * ``diagnostics``: compute the Gram-based conflict metrics. Default true.
         * ``diagnostics_every``: for loss-only methods (whose update needs no Gram matrix),
-          compute them only when ``state.step % k == 0`` (default 10), from the Gramian engine's
+          compute them only on the first step and every k-th (default 10), from the Gramian engine's
           ``G`` in a ``lax.cond``, so the other steps cost one backward pass; they report NaN
           and ``metrics["diagnosed"] = False``.
         * ``engine``: ``"auto"`` (default), ``"jacobian"`` or ``"gramian"``
