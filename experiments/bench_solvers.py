@@ -20,6 +20,11 @@ skipped)::
 Prints a Markdown table; ``--out`` writes JSON rows ``{method, R, dtype, solve_ms,
 compile_s}`` (``solve_ms`` null for a skipped size) and the environment. A benchmark, never a
 test: timings on shared machines vary ±30% between runs.
+
+On a CPU shared with other jobs, set ``OPENBLAS_NUM_THREADS=1``: jaxlib's LAPACK calls
+(Cholesky, ``eigh``, QR) go to OpenBLAS, whose worker threads then wait on busy cores, and a
+``256 × 256`` Cholesky takes 100–250 ms instead of 0.5 ms (XLA's own matrix products are not
+affected). The variable is recorded in the JSON environment.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import time
@@ -113,8 +119,13 @@ def run(methods, sizes, dtype, repeats: int, max_ms: float) -> list[dict]:
     for name in methods:
         too_slow = False
         for size in sizes:
-            row = {"method": name, "R": size, "dtype": jnp.dtype(dtype).name,
-                   "solve_ms": None, "compile_s": None}
+            row = {
+                "method": name,
+                "R": size,
+                "dtype": jnp.dtype(dtype).name,
+                "solve_ms": None,
+                "compile_s": None,
+            }
             if not too_slow:
                 solve_ms, compile_s = time_method(name, realistic_gram(size), dtype, repeats)
                 row.update(solve_ms=round(solve_ms, 3), compile_s=round(compile_s, 3))
@@ -146,8 +157,12 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--max-ms", type=float, default=2000.0,
-                        help="skip the larger sizes of a method once a solve takes longer")
+    parser.add_argument(
+        "--max-ms",
+        type=float,
+        default=2000.0,
+        help="skip the larger sizes of a method once a solve takes longer",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.dtype == "float64":
@@ -157,9 +172,15 @@ def main(argv=None) -> None:
     rows = run(methods, sizes, jnp.dtype(args.dtype), args.repeats, args.max_ms)
     print(table(rows, sizes))
     if args.out is not None:
-        env = {"date": datetime.date.today().isoformat(), "jax": jax.__version__,
-               "mtljax": __version__, "backend": jax.default_backend(),
-               "machine": platform.machine(), "python": platform.python_version()}
+        env = {
+            "date": datetime.date.today().isoformat(),
+            "jax": jax.__version__,
+            "mtljax": __version__,
+            "backend": jax.default_backend(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+        }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
 

@@ -272,9 +272,10 @@ class Tasks(Sequence[Task]):
         rows = [jnp.asarray(losses[name]) for name in self.names]
         for name, row in zip(self.names, rows, strict=True):
             if row.ndim != 1 or row.shape != rows[0].shape:
+                want = rows[0].shape if rows[0].ndim == 1 else "(B,)"
                 raise ValueError(
                     f"Instance-wise losses: task {name!r} has shape {row.shape}; every task "
-                    f"needs one loss per sample, shape {rows[0].shape if rows[0].ndim == 1 else '(B,)'}."
+                    f"needs one loss per sample, shape {want}."
                 )
         return jnp.stack(rows)
 

@@ -18,7 +18,7 @@ import mtljax
 from mtljax import parallel
 from mtljax.gramian import engine as gramian
 from mtljax.gramian import trace_plan
-from mtljax.models import MLP, HardSharing, SmallCNN
+from mtljax.models import HardSharing, SmallCNN
 from mtljax.nnx_bridge import model_loss, split_params
 
 GRAM_METHODS = ["pcgrad", "mgda", "mgda_ub", "gradvac", "cagrad", "imtl_g", "imtl", "nash_mtl",
@@ -412,3 +412,38 @@ def test_instance_wise_loss_only_method_skips_the_gram_matrix():
     got = jax.tree.map(lambda a, b: a - b, state.params, new.params)
     assert relative_error(jax.tree.leaves(expected), jax.tree.leaves(got)) < 1e-10
     assert bool(metrics["diagnosed"]) and metrics["cosine"].shape == (2, 2)
+
+
+def test_auto_engine_takes_the_gramian_engine_for_a_large_dense_jacobian():
+    """Below ``AUTO_GRAMIAN_MIN_ENTRIES`` "auto" is the Jacobian engine; a 1024×1024 layer
+    with T = 4 (2²² entries) takes the Gramian engine. Bitwise equal results tell which ran."""
+    from mtljax.step.engines import AUTO_GRAMIAN_MIN_ENTRIES
+
+    rng = np.random.default_rng(0)
+    width = 1024
+    params = {"shared": {"w": jnp.asarray(rng.normal(size=(width, width)) / 32, jnp.float32)},
+              "heads": {"w": jnp.asarray(rng.normal(size=(width, 4)) / 32, jnp.float32)}}
+    batch = {"x": jnp.asarray(rng.normal(size=(4, width)), jnp.float32)}
+
+    def decode(p, rep, b):
+        out = rep @ p["heads"]["w"]
+        return {f"t{i}": jnp.mean(jnp.sin(out[:, i])) for i in range(4)}, {}
+
+    loss = mtljax.MultiTaskLoss(lambda p, b: jnp.tanh(b["x"] @ p["shared"]["w"]), decode)
+    tasks, method, opt = mtljax.Tasks([f"t{i}" for i in range(4)]), mtljax.get_method(
+        "upgrad", 4), optax.sgd(1.0)
+    assert 4 * width * width == AUTO_GRAMIAN_MIN_ENTRIES
+    state = mtljax.init_train_state(params, opt, method)
+    out = {e: jax.jit(mtljax.make_train_step(loss, tasks, method, opt, engine=e))(state, batch)[0]
+           for e in ("auto", "gramian", "jacobian")}
+    for x, y in zip(jax.tree.leaves(out["auto"].params), jax.tree.leaves(out["gramian"].params),
+                    strict=True):
+        np.testing.assert_array_equal(x, y)
+    small = both_engines("upgrad", "float64")[1]["jacobian"][0]
+    tasks, loss, params, batch = mlp_problem()
+    auto = mtljax.make_train_step(loss, tasks, mtljax.get_method("upgrad", 3), optax.sgd(1.0),
+                                  level="parameters")
+    new, _ = jax.jit(auto)(mtljax.init_train_state(params, optax.sgd(1.0), auto.context.method),
+                           batch)
+    for x, y in zip(jax.tree.leaves(new.params), jax.tree.leaves(small.params), strict=True):
+        np.testing.assert_array_equal(x, y)

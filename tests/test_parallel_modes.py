@@ -137,7 +137,7 @@ def test_parallelism_is_a_value_the_wrappers_read():
                                    aggregate="local")
     assert local.options.parallel == DataParallel("data", "loss", "local")
     assert not local.options.parallel.check_vma
-    assert local.engine == "jacobian"
+    assert local.engine == "auto"  # the Jacobian engine at this size (engines.auto_engine)
     mesh = parallel.data_mesh(jax.devices()[:2])
     with pytest.raises(ValueError, match="maps over 'data'.*axis_name=None"):
         parallel.shard_map_step(mtljax.make_train_step(loss, tasks, method, opt), mesh)

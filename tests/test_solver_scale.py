@@ -133,6 +133,23 @@ def test_screened_min_norm_meets_kkt(dtype):
         jac = vectors * np.sqrt(np.clip(values, 0.0, None))  # J Jᵀ = G
         w_ref = min_norm_reference(jac)
         gap_ref = min_norm_gap(g64, w_ref)
-        bound = (np.sqrt(2 * max(gap.max(), 0.0)) + np.sqrt(2 * max(gap_ref.max(), 0.0))
-                 + 64 * eps) * np.sqrt(np.max(np.diag(g64)))
+        bound = (
+            np.sqrt(2 * max(gap.max(), 0.0)) + np.sqrt(2 * max(gap_ref.max(), 0.0)) + 64 * eps
+        ) * np.sqrt(np.max(np.diag(g64)))
         assert d_distance(g64, w, w_ref) <= bound, (label, d_distance(g64, w, w_ref) / bound)
+
+
+def test_screened_min_norm_beyond_the_candidates():
+    """Support larger than the screened candidates (``3R/4``): nearly orthogonal unit rows put
+    every vertex in the min-norm point, so Wolfe's loop must continue on the whole problem from
+    the candidates' solution; the result meets the same KKT test (float32, R = 96)."""
+    size = 96
+    rng = np.random.default_rng(8)
+    jac = np.eye(size) + 0.01 * rng.normal(size=(size, size))
+    g = jnp.asarray(jac @ jac.T, jnp.float32)
+    g64 = np.asarray(g, np.float64)
+    w = np.asarray(jax.jit(min_norm_simplex)(g), np.float64)
+    eps = float(np.finfo(np.float32).eps)
+    norms = np.sqrt(np.diag(g64) / np.max(np.diag(g64)))
+    assert np.all(w > 0.0) and abs(w.sum() - 1.0) <= size * eps
+    assert np.all(np.abs(min_norm_gap(g64, w)) <= 2 * 10 * size * eps * norms)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from mtljax.gramian import layers
-from mtljax.gramian.probe import PointSpec, through, varying_like
+from mtljax.gramian.probe import PointSpec, through
 from mtljax.gramian.taps import TapPlan, evaluate, find_taps
 from mtljax.step import collectives
 
@@ -39,7 +39,7 @@ class Pulled(NamedTuple):
 
     losses: jax.Array  # [T] (or [T, B] instance-wise)
     aux: Any
-    vjp_fn: Any  # the pullback of the losses, to (params, dummies)
+    vjp_fn: Any  # the pullback of the losses to the parameters (the update's pass)
     plan: TapPlan
     gram: jax.Array  # the taps' part of G: [T, T] (or [T·B, T·B]); partial over devices
     fallback_rows: list  # per fallback leaf, [T, *leaf] (task rows only)
@@ -95,12 +95,20 @@ def forward(losses_fn, params, batch, *, instance: bool = False, axis_name=None,
                         task_axis=task_axis)
     probes = [through(spec, rows.shape[0], columns) for spec in specs]
 
-    def tapped(p, dummies):
-        args = jax.tree.leaves((jax.tree.leaves(p["shared"]), (p["heads"], batch)))
+    leaves, treedef = jax.tree.flatten(params["shared"])
+
+    def tapped(fallback, heads, dummies):
+        # Only the fallback leaves, the heads and the dummies are differentiated: a tapped
+        # kernel's per-task gradient is never formed (nor summed over devices).
+        shared = list(leaves)
+        for i, leaf in zip(plan.fallback, fallback, strict=True):
+            shared[i] = leaf
+        args = jax.tree.leaves((shared, (heads, batch)))
 
         def at_point(k, value, acts):
-            g = dummies[k] if task_axis is not None else varying_like(dummies[k],
-                                                                      plan.points[k].aval)
+            g = dummies[k]
+            if task_axis is None:  # typed like the point (device-varying under shard_map)
+                g = g + jnp.zeros_like(value, dtype=g.dtype, shape=g.shape)
             return probes[k](value, acts, g)
 
         losses, aux = jax.tree.unflatten(out_def, evaluate(plan, args, at_point))
@@ -111,13 +119,14 @@ def forward(losses_fn, params, batch, *, instance: bool = False, axis_name=None,
     dummies = [spec.dummy(columns) for spec in specs]
     if task_axis is not None:
         dummies = [lax.pcast(g, task_axis, to="varying") for g in dummies]
-    losses, vjp_fn, aux = jax.vjp(tapped, params, dummies, has_aux=True)
+    fallback = [leaves[i] for i in plan.fallback]
+    losses, rows_vjp, aux = jax.vjp(tapped, fallback, params["heads"], dummies, has_aux=True)
     # One vmap: the probes must see every row at once (mtljax.gramian.probe).
-    d_params, parts = jax.vmap(vjp_fn)(rows.astype(losses.dtype))
-    gram = _sum_parts(parts, instance)
-    shared_rows = jax.tree.leaves(d_params["shared"])
-    fallback = [shared_rows[i] for i in plan.fallback]
-    return Pulled(losses, aux, vjp_fn, plan, gram, fallback, d_params["heads"])
+    fallback_rows, head_rows, parts = jax.vmap(rows_vjp)(rows.astype(losses.dtype))
+    # The update's pullback: the same forward pass (XLA merges the two), all parameters.
+    _, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch)[0], params)
+    return Pulled(losses, aux, vjp_fn, plan, _sum_parts(parts, instance), fallback_rows,
+                  head_rows)
 
 
 def _sum_parts(parts: list, instance: bool) -> jax.Array:

@@ -87,11 +87,32 @@ def dense_gram(tap: DenseTap, act, delta, dtype, *, axis_name: str | None = None
     if axis_name is not None:
         a_all = collectives.gather_batch(a[None], axis_name)[0]
         d_all = collectives.gather_batch(d, axis_name)
-    kernel = jnp.dot(a, a_all.T, precision=HIGHEST)  # [n, N]
-    # mixed[n, t] = Σ_N K_nN δ_{t,N}, sample-major; then Σ_n δ_{s,n} · mixed[n, t].
-    mixed = lax.dot_general(kernel, d_all, (((1,), (1,)), ((), ())), precision=HIGHEST)
-    per_sample = lax.dot_general(d, mixed, (((2,), (2,)), ((1,), (0,))), precision=HIGHEST)
-    return jnp.sum(per_sample, axis=0)
+    return _ghost(a, a_all, d, d_all)
+
+
+GHOST_CHUNKS = 8
+
+
+def _ghost(a, a_all, d, d_all) -> jax.Array:
+    """``G_st = Σ_{n,N} (a a_allᵀ)_{nN} ⟨d_{s,n}, d_all_{t,N}⟩`` over this side's rows n, in up
+    to :data:`GHOST_CHUNKS` sequential chunks of rows: each chunk's ``[c, T, M]`` product with
+    the kernel is small, so the layer's block adds little to the backward pass's memory."""
+    n = d.shape[1]
+    chunks = max(k for k in range(1, GHOST_CHUNKS + 1) if n % k == 0)
+    size = n // chunks
+
+    def chunk(i):
+        rows = lax.dynamic_slice_in_dim(a, i * size, size, axis=0)
+        mine = lax.dynamic_slice_in_dim(d, i * size, size, axis=1)
+        kernel = jnp.dot(rows, a_all.T, precision=HIGHEST)  # [c, N]
+        # mixed[n, t] = Σ_N K_nN δ_{t,N}, sample-major; then Σ_n δ_{s,n} · mixed[n, t].
+        mixed = lax.dot_general(kernel, d_all, (((1,), (1,)), ((), ())), precision=HIGHEST)
+        per = lax.dot_general(mine, mixed, (((2,), (2,)), ((1,), (0,))), precision=HIGHEST)
+        return jnp.sum(per, axis=0)
+
+    if chunks == 1:
+        return chunk(0)
+    return jnp.sum(lax.map(chunk, jnp.arange(chunks)), axis=0)
 
 
 def instance_gram(tap: DenseTap, act, delta, batch: int, dtype) -> jax.Array:

@@ -29,9 +29,10 @@ from typing import Any
 import jax
 import jax.extend.core as jcore
 import jax.numpy as jnp
-from jax import lax
 
 SCALE_PRIMITIVES = ("reshape", "broadcast_in_dim")
+# Identities on values: shard_map's casts of a replicated parameter to device-varying.
+CAST_PRIMITIVES = ("pvary", "pcast")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +113,16 @@ def _uses(jaxpr) -> dict:
     return uses
 
 
+def _follow_casts(jaxpr, uses, var):
+    """``var``, or the value it becomes through a chain of single-use casts, and its uses."""
+    while len(uses.get(var, [])) == 1:
+        (i, position), = uses[var]
+        if i is None or jaxpr.eqns[i].primitive.name not in CAST_PRIMITIVES:
+            break
+        var = jaxpr.eqns[i].outvars[position]
+    return var, uses.get(var, [])
+
+
 def find_taps(closed, num_shared: int) -> TapPlan:
     """Classifies the first ``num_shared`` inputs of ``closed`` into dense, bias and fallback."""
     jaxpr = closed.jaxpr
@@ -126,7 +137,8 @@ def find_taps(closed, num_shared: int) -> TapPlan:
 
     dense, bias, fallback = [], [], []
     for leaf, var in enumerate(jaxpr.invars[:num_shared]):
-        use = uses.get(var, [])
+        var, use = _follow_casts(jaxpr, uses, var)
+        shared.add(var)
         found = _bias_tap(jaxpr, uses, leaf, use) if len(use) == 1 else None
         if found is not None:
             bias.append(BiasTap(leaf, found[0], point_of(found[1])))
@@ -144,10 +156,10 @@ def _bias_tap(jaxpr, uses, leaf, use):
     (i, _), = use
     if i is None or jaxpr.eqns[i].primitive.name not in SCALE_PRIMITIVES:
         return None
-    (out,) = jaxpr.eqns[i].outvars
-    if len(uses.get(out, [])) != 1:
+    out, out_uses = _follow_casts(jaxpr, uses, jaxpr.eqns[i].outvars[0])
+    if len(out_uses) != 1:
         return None
-    (j, _), = uses[out]
+    (j, _), = out_uses
     if j is None or jaxpr.eqns[j].primitive.name != "add":
         return None
     (total,) = jaxpr.eqns[j].outvars

@@ -19,7 +19,6 @@ from mtljax.run.experiment import Experiment
 from mtljax.run.log import RunLog
 from mtljax.train import make_train_step
 
-
 DIAGNOSTIC_KEYS = ("grad_norms", "cosine", "conflict_fraction", "magnitude_similarity",
                    "update_norm", "update_cosine", "diagnosed")
 

@@ -2,8 +2,10 @@
 
 ``min_norm_simplex`` finds the min-norm point of the convex hull of the task gradients,
 ``argmin_{w∈Δ} wᵀ G w``, exactly in finitely many steps by Wolfe's min-norm-point algorithm run
-in Gram space (Wolfe, Math. Programming 1976). ``project_simplex`` is the Euclidean projection
-onto Δ (Duchi et al., ICML 2008).
+in Gram space (Wolfe, Math. Programming 1976); from ``T = SCREEN_FROM`` on, accelerated projected
+gradient and active-set rounds on a screened set of vertices first bring it close to the
+solution, so that Wolfe's loop (one ``T × T`` factorisation per corral change) has little left
+to do. ``project_simplex`` is the Euclidean projection onto Δ (Duchi et al., ICML 2008).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from jax.scipy.linalg import cho_factor, cho_solve
 from mtljax.solvers._mask import restrict_gram, task_support
 
 # From this many tasks on, min_norm_simplex screens the vertices first (each corral change of
-# Wolfe's loop refactorises a T × T matrix); SCREEN_STEPS accelerated gradient steps screen.
+# Wolfe's loop refactorises a T × T matrix), with SCREEN_STEPS accelerated gradient steps.
 SCREEN_FROM = 64
 SCREEN_STEPS = 200
 
@@ -58,10 +60,11 @@ def min_norm_simplex(
 
     From ``T = SCREEN_FROM`` on (instance-wise rows), where each corral change refactorises a
     large matrix, the vertices are screened first (:func:`_screened_wolfe`): accelerated
-    projected gradient on the simplex finds an approximate minimiser, Wolfe's loop runs from
-    its support on the ``T // 2`` most promising vertices, and the stopping test is then
-    checked on every vertex; only if it fails does the loop run again on the whole problem
-    from the first vertex. The result meets the same test either way.
+    projected gradient on the simplex finds an approximate minimiser, active-set rounds and
+    Wolfe's loop run from its support on the ``3T/4`` most promising vertices, and the test is
+    then checked on every vertex; only if it fails does the loop continue on the whole problem
+    (from the first vertex if the screened loop did not converge). The result meets the same
+    test either way.
 
     Args:
       gram: ``[T, T]`` positive semi-definite matrix.
@@ -100,7 +103,7 @@ def min_norm_simplex(
     # exactly non-conflicting too: g_t · d ≥ ‖d‖² − tol ‖g_t‖ max_s ‖g_s‖.
     slack = tol * jnp.sqrt(jnp.clip(jnp.diagonal(g), 0.0))
     if t < SCREEN_FROM:
-        w = _wolfe(g, mask, slack, budget, *_first_vertex(g, mask))
+        w, _ = _wolfe(g, mask, slack, budget, *_first_vertex(g, mask))
     else:
         w = _screened_wolfe(g, mask, slack, budget)
     zero = jnp.max(jnp.diagonal(gram)) <= jnp.finfo(g.dtype).tiny
@@ -139,15 +142,16 @@ def _affine_min_norm(g, corral):
 
 def _wolfe(g, mask, slack, budget, corral, w):
     """Wolfe's loop (see :func:`min_norm_simplex`) from an affinely independent ``corral``
-    holding ``w`` (on the simplex, positive exactly on the corral)."""
+    holding ``w`` (on the simplex, positive exactly on the corral); returns ``(w, whether it
+    stopped on the optimality test)``."""
     t = g.shape[0]
 
     def cond(carry):
-        i, _, _, done = carry
+        i, _, _, done, _ = carry
         return (i < budget) & ~done
 
     def body(carry):
-        i, corral, w, _ = carry
+        i, corral, w, _, _ = carry
         v = _affine_min_norm(g, corral)
         inside = jnp.all(jnp.where(corral, v > 0.0, True))
         # Inside: x = v, then add the vertex that most violates the optimality test.
@@ -168,23 +172,25 @@ def _wolfe(g, mask, slack, budget, corral, w):
         finite = jnp.all(jnp.isfinite(v))
         w = jnp.where(finite, new_w, w)
         corral = jnp.where(finite, new_corral, corral)
-        return i + 1, corral, w, (inside & optimal) | ~finite
+        return i + 1, corral, w, (inside & optimal) | ~finite, inside & optimal & finite
 
-    _, _, w, _ = lax.while_loop(cond, body, (0, corral, w, jnp.array(False)))
-    return w
+    false = jnp.array(False)
+    _, _, w, _, converged = lax.while_loop(cond, body, (0, corral, w, false, false))
+    return w, converged
 
 
 def _screened_wolfe(g, mask, slack, budget):
     """Wolfe's loop on screened vertices, checked on all of them (see :func:`min_norm_simplex`).
 
-    Accelerated projected gradient gives ``w̃ ≈ w*``; the ``m = T // 2`` candidates are the
+    Accelerated projected gradient gives ``w̃ ≈ w*``; the ``m = 3T/4`` candidates are the
     support of ``w̃`` (by weight), then the vertices with the smallest ``(G w̃)_t``. Active-set
     rounds on the candidates (:func:`_support_rounds`) correct the support of ``w̃`` many
     vertices at a time, and Wolfe's loop finishes from there (an affinely dependent support
-    makes its solve non-finite: it then stops and fails the check below).
+    makes its solve non-finite: it then stops and fails the check below). Supports near
+    ``T/2`` vertices occur (per-sample gradients with a shared direction), hence ``3T/4``.
     """
     t = g.shape[0]
-    m = max(SCREEN_FROM, t // 2)
+    m = max(SCREEN_FROM, 3 * t // 4)
     approx = _accelerated_simplex(g, mask, SCREEN_STEPS)
     priority = jnp.where(approx > 0.0, 2.0 + approx, -(g @ approx))
     _, idx = lax.top_k(jnp.where(mask, priority, -jnp.inf), m)
@@ -192,13 +198,18 @@ def _screened_wolfe(g, mask, slack, budget):
     corral = _support_rounds(sub, sub_mask, slack[idx], sub_mask & (approx[idx] > 0.0))
     start = jnp.where(corral, jnp.maximum(_affine_min_norm(sub, corral), 0.0), 0.0)
     start = start / jnp.maximum(jnp.sum(start), jnp.finfo(g.dtype).tiny)
-    sub_w = _wolfe(sub, sub_mask, slack[idx], budget, start > 0.0, start)
+    sub_w, converged = _wolfe(sub, sub_mask, slack[idx], budget, start > 0.0, start)
     w = jnp.zeros((t,), g.dtype).at[idx].set(sub_w)
+    # The candidates passed Wolfe's test; the other vertices are checked here.
     gw = g @ w
-    optimal = jnp.all(~mask | (gw >= w @ gw - slack)) & jnp.all(jnp.isfinite(w))
-    return lax.cond(
-        optimal, lambda: w, lambda: _wolfe(g, mask, slack, budget, *_first_vertex(g, mask))
-    )
+    outside = jnp.ones((t,), bool).at[idx].set(False) & mask
+    optimal = converged & jnp.all(~outside | (gw >= w @ gw - slack))
+    # Otherwise Wolfe's loop runs on every vertex: from the candidates' solution when that
+    # converged (only the missing vertices remain to add), else from the first vertex.
+    first_corral, first_w = _first_vertex(g, mask)
+    corral = jnp.where(converged, w > 0.0, first_corral)
+    start = jnp.where(converged, w, first_w)
+    return lax.cond(optimal, lambda: w, lambda: _wolfe(g, mask, slack, budget, corral, start)[0])
 
 
 def _support_rounds(g, mask, slack, corral, rounds: int = 8):

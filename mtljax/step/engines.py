@@ -23,12 +23,12 @@ losses or per-task gradients are reduced before the method sees them); with
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from mtljax import linalg
+from mtljax.gramian import trace_plan
 from mtljax.jacobian import pull_back_each, stack_tasks
 from mtljax.methods import Method
 from mtljax.step import collectives
@@ -191,12 +191,30 @@ def task_sharded_engine(ctx: StepContext, method_state, params, batches) -> Engi
                         combined(heads, coefficients), metrics)
 
 
+# engine="auto" takes the Gramian engine for a Gram-space method when dense layers hold at
+# least half of the shared parameters and the Jacobian of those layers would have at least
+# this many entries (T × tapped parameters; 16 MB in float32). Below it both engines take a few
+# milliseconds and the exact Jacobian is kept (docs/engines.md, measured).
+AUTO_GRAMIAN_MIN_ENTRIES = 1 << 22
+
+
+def auto_engine(ctx: StepContext, method_state, params, batches) -> EngineOutput:
+    """``engine="auto"`` for a Gram-space method: the Gramian or the Jacobian engine, decided
+    at trace time from the loss function's taps (:data:`AUTO_GRAMIAN_MIN_ENTRIES`)."""
+    plan, _ = trace_plan(ctx.losses, ctx.varying(params), batches[0])
+    tapped = plan.tapped_size()
+    large = ctx.num_tasks * tapped >= AUTO_GRAMIAN_MIN_ENTRIES
+    engine = gramian_engine if large and 2 * tapped >= plan.shared_size() else jacobian_engine
+    return engine(ctx, method_state, params, batches)
+
+
 ENGINES: dict[str, Engine] = {
     "loss": loss_engine,
     "jacobian": jacobian_engine,
     "representation": representation_engine,
     "task_sharded": task_sharded_engine,
     "gramian": gramian_engine,
+    "auto": auto_engine,
 }
 
 
@@ -204,7 +222,8 @@ def select_engine(method: Method, options: StepOptions) -> str:
     """The name in :data:`ENGINES` of the engine for this method and these options.
 
     Instance-wise rows take the Gramian engine. Gram-space methods take it with
-    ``engine="gramian"`` (parameter level). Loss-only methods take one backward pass (their
+    ``engine="gramian"`` (parameter level), and under ``"auto"`` when the Jacobian is large
+    (:func:`auto_engine`). Loss-only methods take one backward pass (their
     diagnostics, every ``diagnostics_every`` steps, come from the Gramian engine's ``G``;
     :func:`mtljax.step.gramian.loss_method_diagnostics`), unless ``engine="jacobian"`` asks
     for the Jacobian (the same update by linearity).
@@ -217,6 +236,10 @@ def select_engine(method: Method, options: StepOptions) -> str:
     if options.engine == "gramian":
         _check_gramian(method, options)
         return "gramian"
+    gram_space = method.gram_weights is not None and method.num_batches == 1
+    if (options.engine == "auto" and gram_space and options.level == "parameters"
+            and options.parallel.task_axis is None):
+        return "auto"
     if options.parallel.task_axis is not None:
         return "task_sharded"
     return "representation" if options.level == "representation" else "jacobian"

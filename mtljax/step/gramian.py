@@ -136,10 +136,18 @@ def loss_method_diagnostics(ctx: StepContext, step, params, batch, weights) -> d
 
 
 def nonfinite_gradient_tasks(ctx: StepContext, params, batch) -> jax.Array:
-    """``[T]``: the tasks whose shared gradient is non-finite (``G_tt`` of the Gramian
-    engine's forward pass; for a loss-only step whose combined gradient is non-finite)."""
-    _, _, gram = global_gram(ctx, params, batch)
-    return ~jnp.isfinite(jnp.diagonal(gram))
+    """``[T]``: the tasks whose shared gradient is non-finite, for a loss-only step whose
+    combined gradient is: ``G_tt`` of each device's own share, OR-ed over devices (a row is
+    non-finite globally when it is on some device; only T flags are communicated)."""
+    parallel = ctx.options.parallel
+    if parallel.pmean_losses:  # this device's share, without summing rows over devices
+        params = lax.pcast(params, parallel.data_axis, to="varying")
+    pulled = gramian.forward(ctx.losses, params, batch)
+    dtype = jnp.promote_types(pulled.losses.dtype, jnp.float32)
+    bad = ~jnp.isfinite(jnp.diagonal(gramian.full_gram(pulled, pulled.fallback_rows, dtype)))
+    if parallel.data_axis is not None and not parallel.local:
+        bad = collectives.any_device(bad, parallel.data_axis)
+    return bad
 
 
 def instance_engine(ctx: StepContext, method_state, params, batches) -> EngineOutput:

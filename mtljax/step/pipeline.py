@@ -49,8 +49,9 @@ class TrainStep:
         params, batches = to_compute(ctx, (state.params, batches))
         out = ENGINES[self.engine](ctx, state.method_state, params, batches)
         if ctx.method.kind == "loss" and self.engine != "jacobian" and ctx.options.diagnostics:
+            weights = out.weights if out.row_weights is None else out.row_weights
             out = out._replace(metrics=loss_method_diagnostics(ctx, state.step, params,
-                                                               batches[0], out.weights if out.row_weights is None else out.row_weights))
+                                                               batches[0], weights))
         out = reduce_across_devices(ctx, out)
         updates = to_param_dtype({"shared": out.shared_update, "heads": out.head_update},
                                  state.params)
@@ -152,10 +153,13 @@ def apply_or_skip(ctx: StepContext, state: TrainState, new_state: TrainState,
 
 def step_metrics(out: EngineOutput, applied: jax.Array) -> dict[str, Any]:
     """``losses``, ``weights``, ``nonfinite``, ``present`` (``[T]``), ``skipped`` and
-    ``aux``, plus the diagnostics."""
-    return dict(out.metrics, losses=out.losses, weights=out.weights,
-                nonfinite=out.status.nonfinite, present=out.status.present, skipped=~applied,
-                aux=out.aux)
+    ``aux``, plus the diagnostics; instance-wise also ``row_weights`` (``[T, B]``)."""
+    metrics = dict(out.metrics, losses=out.losses, weights=out.weights,
+                   nonfinite=out.status.nonfinite, present=out.status.present,
+                   skipped=~applied, aux=out.aux)
+    if out.row_weights is not None:
+        metrics["row_weights"] = out.row_weights
+    return metrics
 
 
 def make_train_step(
