@@ -447,3 +447,25 @@ def test_auto_engine_takes_the_gramian_engine_for_a_large_dense_jacobian():
                            batch)
     for x, y in zip(jax.tree.leaves(new.params), jax.tree.leaves(small.params), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("name", ["resnet", "mtan", "mmoe", "cascade"])
+def test_gram_equals_the_exact_jacobian_gram_on_the_project_architectures(name):
+    from mtljax.models.registry import build_architecture
+
+    model = build_architecture(name, (6, 6, 1), {"a": 3, "b": 2}, hidden=(8,),
+                               cnn_features=(3,), cnn_out=5, rngs=nnx.Rngs(0))
+    graphdef, params, rest = split_params(model)
+    params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
+    rng = np.random.default_rng(2)
+    batch = {"x": jnp.asarray(rng.normal(size=(4, 6, 6, 1))),
+             "a": jnp.asarray(rng.integers(0, 3, 4)), "b": jnp.asarray(rng.integers(0, 2, 4))}
+
+    def losses(outputs, b):
+        return {t: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs[t], b[t]))
+                for t in ("a", "b")}, {}
+
+    tasks, loss = mtljax.Tasks(["a", "b"]), model_loss(graphdef, rest, losses)
+    expected, _ = exact_gram(loss, tasks, params, batch)
+    np.testing.assert_allclose(engine_gram(loss, tasks, params, batch), expected, rtol=1e-9,
+                               atol=1e-12)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -158,6 +159,7 @@ class RunLog:
     ):
         self.tasks, self.log_every, self.method = tasks, log_every, method
         self.raise_nonfinite = nonfinite == "raise"
+        self.warned_zero_update = False
         self._pending: list[tuple[int, Any]] = []
         path = os.path.join(workdir, "metrics.jsonl") if workdir else None
         self.writer = JsonlWriter(path, append=bool(resumed_from)) if path else None
@@ -193,6 +195,7 @@ class RunLog:
                         f"(method {self.method!r}); the update was skipped. Set --set "
                         "nonfinite=skip_step or nonfinite=drop_task to continue past it."
                     )
+            self._check_zero_update(step, metrics)
             if step % self.log_every == 0 or step == 1 or "cosine" in metrics or bad.any():
                 self._write(step_record(step, metrics, self.tasks))
             losses = dict(
@@ -204,6 +207,22 @@ class RunLog:
                 self.lines.update(step, losses)
         self._pending.clear()
         return count
+
+    def _check_zero_update(self, step: int, metrics) -> None:
+        """Warns once when an applied step's update is exactly zero (MGDA's min-norm point
+        when some task's gradient is zero or the gradients cancel): the run goes on, but the
+        parameters did not move."""
+        norm = metrics.get("update_norm")
+        if self.warned_zero_update or norm is None or bool(metrics["skipped"]):
+            return
+        if float(norm) == 0.0:
+            self.warned_zero_update = True
+            warnings.warn(
+                f"step {step}: the update of method {self.method!r} is exactly zero (the "
+                "min-norm point of the task gradients is 0: a task's gradient is zero or the "
+                "gradients cancel); the parameters did not move. Warned once per run.",
+                stacklevel=2,
+            )
 
     def validation(self, step: int, metrics: Mapping[str, Mapping[str, float]]) -> None:
         """Writes an evaluation line ``{"step", "val"}``."""
