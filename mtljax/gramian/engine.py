@@ -9,7 +9,7 @@ its update ``Jᵀw`` is the gradient of ``Σ_t w_t L_t``. The engine
    adds its layer's Gram block while ``δ`` is alive; the fallback leaves and the heads give
    their per-task rows;
 3. adds the fallback leaves' exact Grams to the probes' blocks;
-4. runs the method on ``G`` and pulls ``w`` back through the same forward pass once for the
+4. runs the method on ``G`` and pulls ``w`` back once through the plain forward pass for the
    shared update (the heads' update is ``Σ_t c_t`` of their rows, as in the Jacobian engine).
 
 No ``[T, P]`` array is formed for the tapped layers; the fallback leaves hold ``T ×`` their own
@@ -123,7 +123,8 @@ def forward(losses_fn, params, batch, *, instance: bool = False, axis_name=None,
     losses, rows_vjp, aux = jax.vjp(tapped, fallback, params["heads"], dummies, has_aux=True)
     # One vmap: the probes must see every row at once (mtljax.gramian.probe).
     fallback_rows, head_rows, parts = jax.vmap(rows_vjp)(rows.astype(losses.dtype))
-    # The update's pullback: the same forward pass (XLA merges the two), all parameters.
+    # The update's pullback, to all parameters: a second trace of the forward pass (the
+    # T-pass above differentiates neither the tapped kernels nor the shared biases).
     _, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch)[0], params)
     return Pulled(losses, aux, vjp_fn, plan, _sum_parts(parts, instance), fallback_rows,
                   head_rows)

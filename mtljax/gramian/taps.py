@@ -85,10 +85,6 @@ class TapPlan:
     fallback: tuple[int, ...]
     points: tuple[Any, ...]
 
-    def point_avals(self) -> list:
-        """The abstract values (shape, dtype, varying axes) of the points."""
-        return [v.aval for v in self.points]
-
     def tapped_size(self) -> int:
         """The number of shared parameters that have a tap."""
         invars = self.closed.jaxpr.invars
@@ -237,11 +233,6 @@ def evaluate(plan: TapPlan, args: list, at_point) -> list:
                 value = at_point(k, value, [acts[t.eqn] for t in plan.dense if t.point == k])
             env[v] = value
     return [read(v) for v in jaxpr.outvars]
-
-
-def bind_eqn(plan: TapPlan, eqn_index: int, *invals):
-    """Applies equation ``eqn_index`` of the plan's jaxpr to ``invals``."""
-    return _bind(plan.closed.jaxpr.eqns[eqn_index], list(invals))
 
 
 def bias_rows(plan: TapPlan, tap: BiasTap, delta: jax.Array) -> jax.Array:
