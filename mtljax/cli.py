@@ -233,7 +233,7 @@ def _cmd_sweep(args) -> int:
 def _cmd_report(args) -> int:
     from mtljax.report import build_report, to_csv, to_markdown, write_plots
 
-    report = build_report(args.dirs)
+    report = build_report(args.dirs, all_tasks=args.all_tasks)
     for note in report.notes:
         print(f"mtljax report: {note}", file=sys.stderr)
     text = to_markdown(report) + "\n" if args.format == "md" else to_csv(report)
@@ -356,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     report_parser.add_argument("--out", help="write the table to this file (default: stdout)")
     report_parser.add_argument(
         "--plots", action="store_true", help="also write the Pareto plot into the first folder"
+    )
+    report_parser.add_argument(
+        "--all-tasks",
+        action="store_true",
+        help="Δm%% and Δp over every task, not only the primary ones (when runs declare "
+        "auxiliary tasks)",
     )
     report_parser.set_defaults(fn=_cmd_report)
     plot_parser = sub.add_parser("plot", help="plot a run's metrics.jsonl")

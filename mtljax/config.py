@@ -2,7 +2,8 @@
 
 A :class:`RunConfig` holds everything one training run depends on::
 
-    data       name, root, kwargs, seed, tasks        which dataset (mtljax.data.registry)
+    data       name, root, kwargs, seed, tasks,       which dataset (mtljax.data.registry),
+               primary, levels                        which tasks, and their roles
     model      name, kwargs                           which architecture (mtljax.models.registry)
     method     name, kw                               which MTL method (mtljax methods)
     optimizer  name, lr, kw                           which optax optimizer
@@ -111,6 +112,12 @@ class DataConfig(_Checked):
     kwargs: dict[str, Any] = _field(dict, "further keyword arguments of the dataset's loader")
     seed: int = _field(0, "the dataset's seed (splits, composition), fixed across runs")
     tasks: tuple[str, ...] | None = _field(None, "a subset of the tasks; null for all")
+    primary: tuple[str, ...] | None = _field(
+        None, "the primary tasks (level 0), the others auxiliary (level 1); null: all primary"
+    )
+    levels: dict[str, int] = _field(
+        dict, "task priority levels, 0 highest (overrides data.primary): {task: level}", minimum=0
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,6 +331,8 @@ def type_name(hint) -> str:
         return f"list[{type_name(typing.get_args(hint)[0])}]"
     if dataclasses.is_dataclass(hint):
         return "section"
+    if typing.get_origin(hint) is dict and typing.get_args(hint)[1] is not Any:
+        return f"dict[str, {type_name(typing.get_args(hint)[1])}]"
     return getattr(_base(hint), "__name__", str(hint))
 
 
@@ -342,7 +351,9 @@ def coerce(path: str, hint, value: Any) -> Any:
 
     Integers refuse booleans and fractions (``5.5``), numbers refuse booleans, booleans take
     ``true``/``false``, ``yes``/``no`` or ``1``/``0`` as text (nothing else), lists take JSON
-    lists or comma-separated text, ``null``/``none`` is ``None`` where the type allows it.
+    lists or comma-separated text (``a,b`` or ``[a, b]``), a typed dict (``dict[str, int]``)
+    checks each value (named ``<path>.<key>``), ``null``/``none`` is ``None`` where the type
+    allows it.
 
     Raises:
       ConfigError: ``<path> expects <what>, got <value>``.
@@ -366,10 +377,16 @@ def coerce(path: str, hint, value: Any) -> Any:
         item = typing.get_args(hint)[0]
         if isinstance(value, str):
             parsed = parse_value(value)
-            value = parsed if isinstance(parsed, list) else [v.strip() for v in value.split(",")]
+            # Unquoted shell text: "[a, b]" (not JSON) and "a,b" both mean ["a", "b"].
+            text = value.strip().removeprefix("[").removesuffix("]")
+            value = parsed if isinstance(parsed, list) else [v.strip() for v in text.split(",")]
         if isinstance(value, list | tuple):
             return tuple(coerce(f"{path}[{i}]", item, v) for i, v in enumerate(value))
         raise ConfigError(f"{path} expects a list of {type_name(item)}, got {shown!r}.")
+    if base is dict and typing.get_args(hint)[1:] not in ((), (Any,)):
+        value = coerce(path, dict, value)
+        item = typing.get_args(hint)[1]
+        return {key: coerce(f"{path}.{key}", item, v) for key, v in value.items()}
     if base is bool and isinstance(value, str) and value.strip().lower() in _BOOLEANS:
         return _BOOLEANS[value.strip().lower()]
     if base in (int, float, dict) and isinstance(value, str):
@@ -390,9 +407,14 @@ def _check_range(path: str, meta: Mapping[str, Any], value: Any) -> None:
     minimum, choices = meta.get("minimum"), meta.get("choices")
     if meta.get("positive") and not value > 0:
         raise ConfigError(f"{path} must be positive, got {value}.")
-    if minimum is not None and value < minimum:
-        bound = "a positive integer" if minimum == 1 else f">= {minimum}"
-        raise ConfigError(f"{path} must be {bound}, got {value}.")
+    if minimum is not None:
+        # A dict field's bound holds for each of its values (data.levels.<task> >= 0).
+        items = value.items() if isinstance(value, Mapping) else [(None, value)]
+        for key, item in items:
+            if item < minimum:
+                where = path if key is None else f"{path}.{key}"
+                bound = "a positive integer" if minimum == 1 else f">= {minimum}"
+                raise ConfigError(f"{where} must be {bound}, got {item}.")
     if choices and value is not None and value not in choices:
         raise ConfigError(f"{path} must be one of {', '.join(choices)}; got {value!r}.")
 

@@ -141,9 +141,15 @@ def model_loss(
 def model_predict(
     graphdef: nnx.GraphDef, rest: nnx.State
 ) -> Callable[[dict[str, nnx.State], jax.Array], dict[str, jax.Array]]:
-    """A pure (jittable) ``predict(params, x) -> {task: outputs}`` for evaluation."""
+    """A pure (jittable) ``predict(params, x) -> {task: outputs}`` for evaluation.
+
+    The model runs in evaluation mode (:meth:`nnx.Module.eval`: ``deterministic=True``), so
+    stochastic layers, such as :class:`~mtljax.models.LTB`'s sampled branching, are deterministic.
+    """
 
     def predict(params, x):
-        return merge_params(graphdef, params, rest)(x)
+        model = merge_params(graphdef, params, rest)
+        model.eval()
+        return model(x)
 
     return predict

@@ -19,6 +19,14 @@ validation split selected, as :func:`mtljax.run.run` stores it):
   direction, ties share the average rank, NaN ranks last), and the ranks are averaged over
   the metrics that every group has. The STL row is not ranked.
 
+**Task roles.** When the multi-task runs declare auxiliary tasks (``data.primary`` or
+``data.levels``; each summary records its tasks' ``levels``), Δm% and Δp count the primary
+tasks only, since the auxiliary ones exist to help them, and the table's headers say so
+(``Δm% (primary: digit)``); ``all_tasks=True`` (``mtljax report --all-tasks``) counts every
+task. Only the counted tasks need a single-task baseline. Runs that declare different primary
+tasks are never averaged into one Δm%: their rows get none (``roles differ``) and a note says
+why.
+
 The Pareto front (:func:`pareto_mask`) uses each task's headline metric (its first).
 
 A run the table cannot use is never dropped silently, and never stops the report: a
@@ -48,6 +56,7 @@ import numpy as np
 
 from mtljax.config import OUTPUT_FIELDS, flatten, stored_config
 from mtljax.evaluation import delta_m, delta_p
+from mtljax.tasks import Tasks
 
 Column = tuple[str, str]  # (task, metric)
 
@@ -64,7 +73,8 @@ class Row:
       rank: mean rank over metrics (``None`` for the STL row).
       paths: the summary files.
       baseline_note: why Δm% and Δp are missing although there are STL runs
-        (``"baseline incomplete"``, ``"no baseline"``), else ``None``.
+        (``"baseline incomplete"``, ``"no baseline"``, ``"roles differ"``), else ``None``.
+      delta_tasks: the tasks that Δm% and Δp count (``None`` without them).
     """
 
     label: str
@@ -75,6 +85,7 @@ class Row:
     rank: float | None = None
     paths: list[str] = dataclasses.field(default_factory=list)
     baseline_note: str | None = None
+    delta_tasks: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +101,10 @@ class Excluded:
 @dataclasses.dataclass
 class Report:
     """The table: ``columns`` with their directions, an optional STL row, one row per group,
-    the runs left out (``excluded``), and ``notes``: one line per excluded run and per thing
-    that could not be computed (e.g. Δm% against a zero or incomplete baseline)."""
+    the runs left out (``excluded``), ``notes``: one line per excluded run and per thing
+    that could not be computed (e.g. Δm% against a zero or incomplete baseline), and
+    ``delta_scope``: which tasks Δm% and Δp count when the runs declare auxiliary tasks
+    (``"primary: digit"`` or ``"all tasks"``), ``None`` when every task is primary."""
 
     columns: list[Column]
     higher_is_better: dict[Column, bool]
@@ -99,6 +112,7 @@ class Report:
     stl: Row | None
     notes: list[str] = dataclasses.field(default_factory=list)
     excluded: list[Excluded] = dataclasses.field(default_factory=list)
+    delta_scope: str | None = None
 
 
 # The keys of a :func:`mtljax.run.run` summary.
@@ -175,7 +189,36 @@ def _problem(summary: dict) -> str | None:
         int(summary["config"]["seed"])
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         return f"config unreadable ({error})"
+    try:
+        run_levels(summary)
+    except (ValueError, TypeError) as error:
+        return f"task levels unreadable ({error})"
     return None
+
+
+def run_levels(summary: Mapping[str, Any]) -> dict[str, int]:
+    """``{task: priority level}`` of a run (0 = primary): its summary's ``levels``, else (a
+    summary written before task roles, or by hand) the roles of its config's ``data.primary``
+    and ``data.levels``.
+
+    Raises:
+      ValueError: levels that name other tasks, are not ints >= 0, or leave no task primary.
+    """
+    tasks = Tasks(summary["tasks"])
+    if "levels" in summary:
+        levels = summary["levels"]
+        if not isinstance(levels, dict) or set(levels) != set(tasks.names):
+            raise ValueError(f"levels {levels!r} do not name the tasks {list(tasks.names)}")
+        tasks = tasks.with_levels(levels)
+    else:
+        data = stored_config(summary["config"])["data"]
+        tasks = tasks.with_roles(data["primary"], data["levels"])
+    return dict(zip(tasks.names, tasks.levels, strict=True))
+
+
+def primary_tasks(summary: Mapping[str, Any]) -> tuple[str, ...]:
+    """The run's primary (level-0) tasks, in task order (:func:`run_levels`)."""
+    return tuple(task for task, level in run_levels(summary).items() if level == 0)
 
 
 def _stl_task(folder: Path, summary: Any) -> str | None:
@@ -313,8 +356,11 @@ def _stl_row(stl_runs: Sequence[tuple[str, dict]]) -> Row | None:
     return row
 
 
-def build_report(dirs: Iterable[str | os.PathLike]) -> Report:
+def build_report(dirs: Iterable[str | os.PathLike], *, all_tasks: bool = False) -> Report:
     """The table of every run under ``dirs``; see the module docstring.
+
+    When the multi-task runs declare auxiliary tasks, Δm% and Δp count their primary tasks
+    only, or every task with ``all_tasks=True`` (:func:`_delta_scope`).
 
     Raises:
       ValueError: a missing folder, no usable ``summary.json`` at all, or an ambiguous STL
@@ -343,17 +389,51 @@ def build_report(dirs: Iterable[str | os.PathLike]) -> Report:
                 higher.setdefault((task, metric), bool(h))
     columns = list(dict.fromkeys(c for row in rows for c in row.values))
 
-    if stl is not None:
+    scope, counted, why_not = _delta_scope(mtl_runs, all_tasks=all_tasks)
+    if stl is not None and why_not is not None:
+        for row in rows:
+            row.baseline_note = "roles differ"
+        notes.append(why_not)
+    elif stl is not None:
         problems = _baseline_problems(stl_runs, excluded)
         for row, (_, runs) in zip(rows, groups, strict=True):
-            notes += _add_deltas(row, runs, stl, problems)
+            notes += _add_deltas(row, runs, stl, problems, counted)
 
     ranked = [c for c in columns if all(c in row.values for row in rows)]
     if ranked:
         means = np.array([[np.mean(row.values[c]) for c in ranked] for row in rows])
         for row, rank in zip(rows, mean_ranks(means, [higher[c] for c in ranked]), strict=True):
             row.rank = float(rank)
-    return Report(columns, {c: higher[c] for c in columns}, rows, stl, notes, excluded)
+    return Report(columns, {c: higher[c] for c in columns}, rows, stl, notes, excluded, scope)
+
+
+def _delta_scope(
+    runs: Sequence[tuple[str, dict]], *, all_tasks: bool
+) -> tuple[str | None, tuple[str, ...] | None, str | None]:
+    """Which tasks Δm% and Δp count: ``(scope, tasks, why not)``.
+
+    When no run declares an auxiliary task, or with ``all_tasks``, every row counts all its
+    tasks (``tasks`` is ``None``; ``scope`` is ``"all tasks"`` only when some run declares an
+    auxiliary task). Otherwise every run must declare the same primary tasks, and only those
+    count (``scope`` ``"primary: a, b"``); runs that declare different primary tasks get no
+    Δm% (``why not`` says so), since their figures would average different tasks.
+    """
+    primaries = {path: primary_tasks(s) for path, s in runs}
+    auxiliary = any(len(primaries[path]) < len(s["tasks"]) for path, s in runs)
+    if not auxiliary:
+        return None, None, None
+    if all_tasks:
+        return "all tasks", None, None
+    distinct = sorted(set(primaries.values()))
+    if len(distinct) == 1:
+        return f"primary: {', '.join(distinct[0])}", distinct[0], None
+    declared = "; ".join(f"[{', '.join(p)}]" for p in distinct)
+    why = (
+        f"no Δm% or Δp: the runs declare different primary tasks ({declared}), so their Δm% "
+        "would average different tasks; report them separately, or pass --all-tasks "
+        "(build_report(all_tasks=True)) for Δm% over every task"
+    )
+    return None, None, why
 
 
 def _baseline_problems(
@@ -376,11 +456,16 @@ def _baseline_problems(
 
 
 def _add_deltas(
-    row: Row, runs: Sequence[tuple[str, dict]], stl: Row, problems: Mapping[str, str]
+    row: Row,
+    runs: Sequence[tuple[str, dict]],
+    stl: Row,
+    problems: Mapping[str, str],
+    counted: Sequence[str] | None,
 ) -> list[str]:
-    """Sets ``row``'s Δm% and Δp against the STL row when its baseline is complete; returns
-    the notes on what kept them from being computed."""
-    tasks = list(dict.fromkeys(t for _, s in runs for t in s["tasks"]))
+    """Sets ``row``'s Δm% and Δp over the tasks ``counted`` (``None``: all of its runs'
+    tasks) against the STL row when their baseline is complete; returns the notes on what
+    kept them from being computed."""
+    tasks = list(counted or dict.fromkeys(t for _, s in runs for t in s["tasks"]))
     baseline: dict[str, dict[str, float]] = {}
     for (task, metric), values in stl.values.items():
         baseline.setdefault(task, {})[metric] = float(np.mean(values))
@@ -394,14 +479,16 @@ def _add_deltas(
         ]
         return [f"{row.label}: no Δm% or Δp: {'; '.join(why)}"]
     try:
-        row.delta_m = np.array(
-            [delta_m(s["test"], baseline, s["higher_is_better"]) for _, s in runs]
-        )
-        row.delta_p = np.array(
-            [delta_p(s["test"], baseline, s["higher_is_better"]) for _, s in runs]
-        )
+        for name, score in (("delta_m", delta_m), ("delta_p", delta_p)):
+            values = [
+                score(s["test"], baseline, {t: s["higher_is_better"][t] for t in tasks})
+                for _, s in runs
+            ]
+            setattr(row, name, np.array(values))
     except ValueError as error:
+        row.delta_m = row.delta_p = None
         return [f"{row.label}: no Δm% or Δp: {error}"]
+    row.delta_tasks = tuple(tasks)
     return []
 
 
@@ -418,13 +505,15 @@ def _cells(report: Report, row: Row) -> list[tuple[float, float] | None]:
 
 def to_markdown(report: Report) -> str:
     """A Markdown table: mean ± std over seeds, Δm% and Δp in percent, mean rank; then the
-    notes (excluded runs first), when there are any."""
+    notes (excluded runs first), when there are any. The Δm% and Δp headers name the tasks
+    they count when the runs declare auxiliary tasks (``Δm% (primary: digit) ↓``)."""
+    scope = f" ({report.delta_scope})" if report.delta_scope else ""
     headers = [
         "method",
         "runs",
         *(f"{t} {m} {_arrow(report.higher_is_better[(t, m)])}" for t, m in report.columns),
-        "Δm% ↓",
-        "Δp ↑",
+        f"Δm%{scope} ↓",
+        f"Δp{scope} ↑",
         "mean rank ↓",
     ]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -451,11 +540,13 @@ def to_markdown(report: Report) -> str:
 
 def to_csv(report: Report) -> str:
     """CSV with full precision: ``method, runs``, then ``<task>/<metric>`` and ``... std`` per
-    column, ``delta_m``, ``delta_m std``, ``delta_p``, ``delta_p std``, ``mean_rank``; empty
-    cells where a value does not exist.
+    column, ``delta_m``, ``delta_m std``, ``delta_p``, ``delta_p std``, ``mean_rank``,
+    ``delta_tasks`` (the tasks Δm% and Δp count, joined by ``+``); empty cells where a value
+    does not exist.
     """
     names = [f"{t}/{m}" for t, m in report.columns] + ["delta_m", "delta_p"]
-    header = ["method", "runs", *(n + s for n in names for s in ("", " std")), "mean_rank"]
+    header = ["method", "runs", *(n + s for n in names for s in ("", " std"))]
+    header += ["mean_rank", "delta_tasks"]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
@@ -464,6 +555,7 @@ def to_csv(report: Report) -> str:
         for cell in _cells(report, row):
             cells += ["", ""] if cell is None else [repr(v) if np.isfinite(v) else "" for v in cell]
         cells.append("" if row.rank is None else repr(row.rank))
+        cells.append("+".join(row.delta_tasks or ()))
         writer.writerow(cells)
     return out.getvalue()
 

@@ -4,7 +4,8 @@ A sweep expands a base :class:`~mtljax.config.RunConfig` into a deterministic li
 trains them in order, in this process, loading each dataset once (so a method or dataset that
 the config file registers at import is known to every run). Run folders::
 
-    WORKDIR/stl_<task>/seed<k>            single-task baseline (method EW, data.tasks=[task])
+    WORKDIR/stl_<task>/seed<k>            single-task baseline (method EW, data.tasks=[task],
+                                          no roles: data.primary and data.levels cleared)
     WORKDIR/<method>[_<key>=<value>...]/seed<k>
 
 Order: the single-task baselines (task, then seed), then every method in the given order, its
@@ -216,7 +217,9 @@ def plan_sweep(
             )
 
     for task in stl_tasks:
-        add(f"stl_{task}", {"method.name": "ew", "method.kw": {}, "data.tasks": [task]})
+        # A task trained alone has no roles: its baseline is the same whichever task is primary.
+        single = {"data.tasks": [task], "data.primary": None, "data.levels": {}}
+        add(f"stl_{task}", {"method.name": "ew", "method.kw": {}, **single})
     for method in methods:
         applicable = {k: v for k, v in grid.items() if _accepts(method, k)}
         for point in grid_points(applicable, random=random, random_seed=random_seed):

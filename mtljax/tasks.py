@@ -142,6 +142,10 @@ class Task:
         elements; the task is present in a batch when it is > 0.
       output_dim: channels the model's head produces per sample (or per pixel when ``dense``).
       dense: whether predictions and targets are per-pixel maps ``[B, H, W, ...]``.
+      level: the task's priority level, 0 the highest. A task at level 0 is *primary* (the
+        model exists for it); any other is *auxiliary* (trained only to help the primary
+        tasks). Role-aware methods (``pcd``, ``gradsim``, ``lexicographic``) and the report's
+        Δm% read it; every other method ignores it.
     """
 
     name: str
@@ -150,6 +154,7 @@ class Task:
     valid_count: Callable[..., jax.Array] | None = None
     output_dim: int | None = None
     dense: bool = False
+    level: int = 0
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -164,10 +169,21 @@ class Task:
             raise ValueError(
                 f"Task {self.name!r}: output_dim must be a positive int, got {self.output_dim!r}."
             )
+        object.__setattr__(self, "level", _check_size(f"Task {self.name!r}: level", self.level, 0))
+
+    @property
+    def role(self) -> str:
+        """``"primary"`` (level 0) or ``"auxiliary"`` (any other level)."""
+        return "primary" if self.level == 0 else "auxiliary"
 
 
 class Tasks(Sequence[Task]):
-    """An ordered, immutable collection of uniquely named tasks.
+    """An ordered, immutable collection of uniquely named tasks, at least one of them primary.
+
+    Each task has a priority level (:attr:`Task.level`, 0 the highest); the tasks at level 0
+    are the primary ones, the others auxiliary. Every task is primary unless
+    :meth:`with_primary` or :meth:`with_levels` says otherwise. Two collections are equal when
+    their tasks, in order, and their levels are.
 
     Example:
       >>> tasks = Tasks(["left", "right"])
@@ -175,6 +191,8 @@ class Tasks(Sequence[Task]):
       ('left', 'right')
       >>> tasks.stack_losses({"right": 2.0, "left": 1.0}).tolist()
       [1.0, 2.0]
+      >>> tasks.with_primary(["right"]).levels
+      (1, 0)
     """
 
     def __init__(self, tasks: Iterable[Task | str]):
@@ -185,6 +203,11 @@ class Tasks(Sequence[Task]):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"Task names must be unique; repeated: {duplicated}.")
+        if all(t.level > 0 for t in items):
+            levels = {t.name: t.level for t in items}
+            raise ValueError(
+                f"At least one task must be primary (level 0); the levels are {levels}."
+            )
         self._tasks = items
 
     def __getitem__(self, index):
@@ -197,7 +220,9 @@ class Tasks(Sequence[Task]):
         return iter(self._tasks)
 
     def __repr__(self) -> str:
-        return f"Tasks({list(self.names)})"
+        if all(t.level == 0 for t in self._tasks):
+            return f"Tasks({list(self.names)})"
+        return f"Tasks({list(self.names)}, levels={list(self.levels)})"
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Tasks) and self._tasks == other._tasks
@@ -208,6 +233,61 @@ class Tasks(Sequence[Task]):
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self._tasks)
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        """Each task's priority level, in task order (0 = primary)."""
+        return tuple(t.level for t in self._tasks)
+
+    @property
+    def primary(self) -> tuple[int, ...]:
+        """The indices of the primary (level-0) tasks, in task order."""
+        return tuple(i for i, t in enumerate(self._tasks) if t.level == 0)
+
+    def with_levels(self, levels: Mapping[str, int]) -> Tasks:
+        """A copy where each task named in ``levels`` gets that priority level.
+
+        Args:
+          levels: ``{task name: level}``, levels non-negative ints; unnamed tasks keep theirs.
+
+        Raises:
+          ValueError: an unknown task name (listing the tasks), a level that is not an int
+            >= 0, or no task left at level 0.
+        """
+        unknown = sorted(set(levels) - set(self.names))
+        if unknown:
+            raise ValueError(f"Unknown task(s) {unknown}; the tasks are {list(self.names)}.")
+        return Tasks(
+            dataclasses.replace(t, level=levels[t.name]) if t.name in levels else t
+            for t in self._tasks
+        )
+
+    def with_primary(self, names: Iterable[str] | str) -> Tasks:
+        """A copy where the tasks ``names`` are primary (level 0) and every other task is
+        auxiliary (level 1). A single string names one task.
+
+        Raises:
+          ValueError: no name, or a name that is not a task (listing the tasks).
+        """
+        chosen = {names} if isinstance(names, str) else set(names)
+        if not chosen:
+            raise ValueError(f"Name at least one primary task of {list(self.names)}.")
+        unknown = sorted(chosen - set(self.names))
+        if unknown:
+            raise ValueError(f"Unknown task(s) {unknown}; the tasks are {list(self.names)}.")
+        return self.with_levels({n: 0 if n in chosen else 1 for n in self.names})
+
+    def with_roles(
+        self, primary: Iterable[str] | None = None, levels: Mapping[str, int] | None = None
+    ) -> Tasks:
+        """The roles of a config: ``primary`` (:meth:`with_primary`, skipped when ``None``),
+        then ``levels`` (:meth:`with_levels`, which wins where both name a task).
+
+        Raises:
+          ValueError: see :meth:`with_primary` and :meth:`with_levels`.
+        """
+        tasks = self if primary is None else self.with_primary(primary)
+        return tasks.with_levels(levels or {})
 
     def index(self, name: str) -> int:  # type: ignore[override]
         try:

@@ -19,9 +19,16 @@ Fields of :class:`Claims`:
   goes to, so the law of ``d`` is equivariant but a single draw is not.
 * ``permutation_min_tasks`` — the smallest T at which the permutation claim is tested (2, or
   more where smaller T always produce a tie that the method breaks by task index).
+* ``index_hparams`` — names of ``task_hparams`` the factory takes as task *indices*
+  (``primary``): the table writes them as per-task 0/1 vectors, so that the permutation and
+  mask tests move them with the tasks, and :meth:`Claims.task_value` passes the factory the
+  indices of the 1 entries.
 * ``non_conflicting`` — where ``J d ≥ 0`` is claimed: ``"all"`` (every zoo member),
   ``"independent"`` (members with linearly independent rows, the paper's assumption) or
-  ``"two_tasks"`` (only T = 2), or ``None``.
+  ``"two_tasks"`` (only T = 2), or ``None``. ``"primary"``: only ``g_P · d ≥ 0`` for the
+  primary objective ``g_P``, the sum of the rows ``primary_tasks(T)`` marks, on every member.
+* ``primary_tasks`` — ``fn(T) -> [T] bool``, the primary tasks of the row's hyper-parameters
+  (for ``non_conflicting="primary"``).
 * ``rtol`` — relative tolerance of comparisons, per dtype name: exact closed forms and
   finite (active-set) solvers get round-off-level tolerances, iterative solvers looser ones.
 * ``min_tasks`` — the smallest T the method is defined for (smaller zoo members are skipped).
@@ -59,6 +66,8 @@ ACTIVE_SET = {"float32": SOLVER["float32"], "float64": EXACT["float64"]}
 class Claims:
     hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     task_hparams: Mapping[str, Callable[[int], Any]] = dataclasses.field(default_factory=dict)
+    index_hparams: tuple[str, ...] = ()
+    primary_tasks: Callable[[int], np.ndarray] | None = None
     degree: float | None = 1.0
     permutation: bool = True
     permutation_min_tasks: int = 2
@@ -75,11 +84,28 @@ class Claims:
         out = dict(self.hparams)
         for name, make in self.task_hparams.items():
             value = np.asarray(make(num_tasks))
-            out[name] = value[perm] if perm is not None else value
+            out[name] = self.task_value(name, value[perm] if perm is not None else value)
         return out
+
+    def task_value(self, name: str, value: np.ndarray) -> Any:
+        """What the factory takes for task-axis hyper-parameter ``name`` given per task: the
+        indices of the non-zero entries for an ``index_hparams`` name, else ``value``."""
+        if name in self.index_hparams:
+            return tuple(int(i) for i in np.flatnonzero(value))
+        return value
 
 
 _NO_FAIR_SOLUTION = "no solution: regularised weights are round-off dependent"
+
+
+def _every_third(num_tasks: int) -> np.ndarray:
+    # Tasks 0, 3, ...: one primary task at T ≤ 3, two at T = 5 (a summed primary objective).
+    return np.arange(num_tasks) % 3 == 0
+
+
+def _three_levels(num_tasks: int) -> np.ndarray:
+    # Levels 0, 1, 2, 0, 1: several levels, and several tasks per level at T = 5.
+    return np.arange(num_tasks) % 3
 
 
 def _fixed_weights(num_tasks: int) -> np.ndarray:
@@ -190,4 +216,24 @@ TABLE: dict[str, Claims] = {
     "trimmed_mean": Claims(min_tasks=3),
     # An EMA of the base method's weights (MGDA by default, whose weights are scale-free).
     "cr_mogm": Claims(rtol=SOLVER),
+    # Auxiliary gradients weighted by [cos > 0] or max(0, cos) with the primary objective g_P
+    # (scale-free): degree 1, and g_P · d ≥ ‖g_P‖² on every J (Du et al., Proposition 1). The
+    # primary tasks are 0 and 3 at T = 5. A single primary task can conflict with d when there
+    # are several (the objective is their sum), so only the sum is claimed.
+    "gradsim": Claims(task_hparams={"primary": _every_third}, index_hparams=("primary",),
+                      non_conflicting="primary", primary_tasks=_every_third),
+    # Dual-cone projections per level (reg_eps = 0, exact): the level-0 tasks (0 and 3) never
+    # conflict with d; lower-priority tasks may (tests/methods/test_aux_methods.py tests what
+    # they are promised).
+    "lexicographic": Claims(task_hparams={"levels": _three_levels}, non_conflicting="primary",
+                            primary_tasks=_every_third, rtol=ACTIVE_SET),
+    # PCD at τ = 0: d̃ is the projection of g̃_P onto the secondaries' dual cone, so
+    # g_P · d = ‖g_P‖‖d̃‖ ≥ 0 (and every secondary's g_t · d ≥ 0). At τ > 0 a secondary
+    # opposed to g_P forces g_P · d < 0 (the "opposite" member: d = −g_P), so the claim is
+    # made at τ = 0; tests/methods/test_pcd.py tests the τ > 0 shares against torchjd. ε = 0
+    # makes the first step's normalisation exact (g̃ = g/‖g‖): d̃ is scale-free and d, rescaled
+    # to ‖g_P‖, has degree 1. Finite dual active-set solver: ACTIVE_SET tolerances.
+    "pcd": Claims(hparams={"tau": 0.0, "eps": 0.0}, task_hparams={"primary": _every_third},
+                  index_hparams=("primary",), non_conflicting="primary",
+                  primary_tasks=_every_third, rtol=ACTIVE_SET),
 }

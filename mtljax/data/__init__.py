@@ -2,6 +2,7 @@
 task sampling, leakage-free splits, host sharding, local-directory loaders and the dataset
 registry (:mod:`mtljax.data.registry`)."""
 
+from mtljax.data.auxdigits import load_auxdigits
 from mtljax.data.celeba import load_celeba
 from mtljax.data.loader import BatchIterator, eval_batches
 from mtljax.data.missing import (
@@ -48,6 +49,7 @@ __all__ = [
     "host_shard",
     "host_slice",
     "label_mask",
+    "load_auxdigits",
     "load_celeba",
     "load_cityscapes",
     "load_dataset",

@@ -12,6 +12,7 @@ expected layout of the folder ``root`` (named in every layout error). Built in:
 | ``celeba`` | :func:`~mtljax.data.load_celeba` | 40 binary attributes | ``resnet`` |
 | ``office31`` | :func:`~mtljax.data.load_office` (multi-input) | 3 domains | ``resnet`` |
 | ``office_home`` | :func:`~mtljax.data.load_office` (multi-input) | 4 domains | ``resnet`` |
+| ``auxdigits`` | :func:`~mtljax.data.load_auxdigits` (in memory) | primary + 3 aux | ``mlp`` |
 
 Example:
   >>> import numpy as np
@@ -38,6 +39,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from mtljax.data.auxdigits import load_auxdigits
 from mtljax.data.celeba import load_celeba
 from mtljax.data.multi_input import MultiInputDataset
 from mtljax.data.multidigits import load_multidigits
@@ -134,6 +136,12 @@ BUILTINS: dict[str, DatasetEntry] = {
             multi_input=True,
             layout="Art/, Clipart/, Product/ and Real_World/, each holding <class>/*.jpg (or "
             "image lists: pass list_dir)",
+        ),
+        DatasetEntry(
+            "auxdigits",
+            load_auxdigits,
+            "mlp",
+            "a data-starved digit task, one helpful and two harmful auxiliary tasks (in memory)",
         ),
     )
 }

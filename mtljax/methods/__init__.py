@@ -124,6 +124,16 @@ BUILTINS: dict[str, MethodEntry] = {
                        "Yin et al., ICML 2018"),
     "cr_mogm": _e("_cr_mogm", "cr_mogm", "CR-MOGM: EMA of any method's weights",
                   "Zhou et al., NeurIPS 2022"),
+    # Task roles: primary and auxiliary tasks, priority levels.
+    "pcd": _e("_pcd", "pcd",
+              "priority-constrained descent: primary first, tau of progress per secondary",
+              "PCD, TMLR 2026, arXiv:2606.29521"),
+    "gradsim": _e("_gradsim", "gradsim",
+                  "auxiliary gradients gated by their cosine with the primary gradient",
+                  "Du et al., arXiv:1812.02224, 2018"),
+    "lexicographic": _e("_lexicographic", "lexicographic",
+                        "priority levels, each projected onto the higher levels' dual cone",
+                        "Quinton & Rey, 2024 (projection); lexicographic task priority"),
 }
 
 

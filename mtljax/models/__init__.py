@@ -5,9 +5,9 @@ Trunks map inputs to ``[B, D]``: :class:`MLP`, :class:`SmallCNN`, :class:`ResNet
 Architectures map inputs to ``{task: outputs}`` and keep their shared parameters under a path
 element ``shared`` (:func:`mtljax.nnx_bridge.split_params`): :class:`HardSharing`,
 :class:`SoftSharing`, :class:`CrossStitch`, :class:`MMoE`, :class:`CGC`, :class:`PLE`,
-:class:`MTAN`, :class:`DSelectK`, :class:`Cascade`, and the dense :class:`DenseMTAN` (and
-:class:`HardSharing` on a :class:`SegNet` with :class:`DenseHead` s). Multi-input datasets
-train through :func:`multi_input_loss`.
+:class:`MTAN`, :class:`DSelectK`, :class:`Cascade`, :class:`LTB`, and the dense
+:class:`DenseMTAN` (and :class:`HardSharing` on a :class:`SegNet` with :class:`DenseHead` s).
+Multi-input datasets train through :func:`multi_input_loss`.
 """
 
 from mtljax.models._heads import DenseHead
@@ -17,6 +17,7 @@ from mtljax.models.cnn import SmallCNN
 from mtljax.models.cross_stitch import CrossStitch
 from mtljax.models.dselect_k import DSelectK
 from mtljax.models.hps import HardSharing
+from mtljax.models.ltb import LTB
 from mtljax.models.mlp import MLP
 from mtljax.models.mmoe import MMoE
 from mtljax.models.mtan import MTAN
@@ -30,6 +31,7 @@ from mtljax.models.soft_sharing import SoftSharing
 
 __all__ = [
     "CGC",
+    "LTB",
     "MLP",
     "MMoE",
     "MTAN",

@@ -24,6 +24,7 @@ from mtljax.models.cnn import SmallCNN
 from mtljax.models.cross_stitch import CrossStitch
 from mtljax.models.dselect_k import DSelectK
 from mtljax.models.hps import HardSharing
+from mtljax.models.ltb import LTB
 from mtljax.models.mlp import MLP
 from mtljax.models.mmoe import MMoE
 from mtljax.models.mtan import MTAN
@@ -84,6 +85,11 @@ def _extraction(cls):
     return build
 
 
+def _ltb(input_shape, heads, *, hidden, cnn_features, cnn_out, rngs, **kw):
+    del cnn_features, cnn_out
+    return LTB(math.prod(input_shape), hidden, heads, rngs=rngs, **kw)
+
+
 def _mtan(input_shape, heads, *, hidden, cnn_features, cnn_out, rngs, **kw):
     del hidden, cnn_out
     return MTAN(input_shape[-1], heads, features=cnn_features, rngs=rngs, **kw)
@@ -121,6 +127,7 @@ ARCHITECTURES: dict[str, Callable[..., nnx.Module]] = {
     "ple": _extraction(PLE),
     "mtan": _mtan,
     "cascade": _cascade,
+    "ltb": _ltb,
     "dense_mtan": _dense_mtan,
     "dense_hps": _dense_hps,
 }
@@ -149,8 +156,9 @@ def build_architecture(
     ``dselect_k`` — ``num_experts``, ``k``, ``gamma``, ``per_example``; ``cgc`` —
     ``num_shared``, ``num_task_experts``; ``ple`` — those and ``num_levels``; ``mtan`` —
     ``grid``; ``cascade`` — ``reads`` (default: each task reads the previous one),
-    ``stop_gradient``; ``dense_mtan`` and ``dense_hps`` — ``convs``, ``norm`` (their encoder
-    channels are ``cnn_features``). ``mlp`` and ``cnn`` (hard sharing) take none.
+    ``stop_gradient``; ``ltb`` — ``branches``, ``temperature``, ``hard``, ``tree``;
+    ``dense_mtan`` and ``dense_hps`` — ``convs``, ``norm`` (their encoder channels are
+    ``cnn_features``). ``mlp`` and ``cnn`` (hard sharing) take none.
 
     Raises:
       ValueError: an unknown name or option.

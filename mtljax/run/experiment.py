@@ -1,12 +1,13 @@
 """A run's experiment, built from its config: data, tasks, model, loss, method, optimizer.
 
 :func:`build_experiment` turns a :class:`~mtljax.config.RunConfig` and a loaded dataset into
-the pieces the loop needs: the tasks (each with its loss and metrics, :mod:`mtljax.tasks`),
-the loss of the NNX model (:func:`mtljax.metrics.task_losses` through
+the pieces the loop needs: the tasks (each with its loss, metrics and priority level,
+:mod:`mtljax.tasks`), the loss of the NNX model (:func:`mtljax.metrics.task_losses` through
 :func:`mtljax.nnx_bridge.model_loss`, so the aux's ``"present"`` mask reaches the step), the
-method, the optimizer, the initial train state, the train iterator and the evaluation
-(:func:`mtljax.metrics.make_evaluator`, compiled once). :func:`check` validates the names and
-hyper-parameters first, before any data is loaded or any file is touched.
+method (a role-aware one given the tasks' roles, :func:`role_kwargs`), the optimizer, the
+initial train state, the train iterator and the evaluation (:func:`mtljax.metrics.make_evaluator`,
+compiled once). :func:`check` validates the names and hyper-parameters first, before any data
+is loaded or any file is touched.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dataclasses
 import functools
 import inspect
 import operator
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +25,14 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mtljax.config import ConfigError, MethodConfig, OptimizerConfig, RunConfig, coerce
+from mtljax.config import (
+    ConfigError,
+    DataConfig,
+    MethodConfig,
+    OptimizerConfig,
+    RunConfig,
+    coerce,
+)
 from mtljax.data.loader import BatchIterator
 from mtljax.data.multi_input import MultiInputDataset, MultiInputIterator
 from mtljax.data.registry import dataset_entry, load_dataset
@@ -48,7 +57,8 @@ class Experiment:
     """What one run trains and evaluates.
 
     Attributes:
-      tasks: the trained tasks (``config.data.tasks`` of the dataset's).
+      tasks: the trained tasks (``config.data.tasks`` of the dataset's), with the roles of
+        ``config.data.primary`` and ``config.data.levels`` (:func:`apply_roles`).
       loss: the model's :class:`~mtljax.MultiTaskLoss`.
       method: the MTL method.
       optimizer: the optax optimizer.
@@ -90,18 +100,65 @@ def select_tasks(all_tasks: Tasks, names: tuple[str, ...] | None) -> Tasks:
     return Tasks([all_tasks[all_tasks.index(n)] for n in names])
 
 
+def apply_roles(tasks: Tasks, config: DataConfig) -> Tasks:
+    """``tasks`` with the roles of ``config``: ``data.primary`` (those tasks level 0, the others
+    level 1), then ``data.levels`` (``{task: level}``, which wins); unchanged when neither is
+    set.
+
+    Raises:
+      ConfigError: a name that is not one of ``tasks`` (e.g. a primary task left out of
+        ``data.tasks``), an empty ``data.primary``, or no task left at level 0.
+    """
+    where = "the selected tasks (data.tasks)" if config.tasks is not None else "the tasks"
+    for field, names in (("data.primary", config.primary or ()), ("data.levels", config.levels)):
+        unknown = [n for n in names if n not in tasks.names]
+        if unknown:
+            raise ConfigError(
+                f"{field}: unknown task(s) {unknown}; {where} are {list(tasks.names)}."
+            )
+    try:
+        return tasks.with_roles(config.primary, config.levels)
+    except ValueError as error:
+        raise ConfigError(f"data.primary / data.levels: {error}") from None
+
+
+# The task roles a role-aware method factory may take, by parameter name.
+_ROLE_PARAMETERS: dict[str, Callable[[Tasks], tuple[int, ...]]] = {
+    "primary": lambda tasks: tasks.primary,
+    "levels": lambda tasks: tasks.levels,
+}
+
+
+def role_kwargs(config: MethodConfig, tasks: Tasks) -> dict[str, tuple[int, ...]]:
+    """The task roles to pass to the method's factory: ``primary=tasks.primary`` (indices of
+    the level-0 tasks) and ``levels=tasks.levels`` (one level per task), each only when the
+    factory's signature names that parameter and neither ``method.kw`` nor the registry name
+    sets it."""
+    parameters = inspect.signature(get_factory(config.name)).parameters
+    given = {*config.kw, *REGISTRY[config.name].presets}
+    return {
+        name: roles(tasks)
+        for name, roles in _ROLE_PARAMETERS.items()
+        if name in parameters and name not in given
+    }
+
+
 def check(config: RunConfig) -> None:
     """Checks the dataset, method and optimizer of ``config`` without loading or building them.
 
     Raises:
       ConfigError: an unknown dataset, method or optimizer name (listing the known ones), a
         hyper-parameter the method does not take or of the wrong type (:func:`check_method`),
-        an unknown optimizer argument.
+        an unknown optimizer argument, roles naming a task outside ``data.tasks`` when it is
+        set (:func:`apply_roles`).
     """
     try:
         dataset_entry(config.data.name)
     except ValueError as error:
         raise ConfigError(f"data.name: {error}") from None
+    roles = config.data.primary is not None or config.data.levels
+    if roles and config.data.tasks is not None:
+        apply_roles(Tasks(config.data.tasks), config.data)
     check_method(config.method)
     build_optimizer(config.optimizer)
 
@@ -201,12 +258,20 @@ def build_experiment(config: RunConfig, data) -> Experiment:
     trains on one batch of every task per step (:func:`mtljax.models.multi_input_loss`, the
     parameter level only) and is evaluated task by task on each task's own inputs.
     """
-    tasks = select_tasks(data.tasks, config.data.tasks)
+    tasks = apply_roles(select_tasks(data.tasks, config.data.tasks), config.data)
     model = build_model(config, data.input_shape, tasks)
     graphdef, params, rest = split_params(model)
     check_method(config.method)
+    roles = role_kwargs(config.method, tasks)
+    if roles and len(tasks) > 1 and len(tasks.primary) == len(tasks):
+        warnings.warn(
+            f"method {config.method.name!r} treats primary and auxiliary tasks differently, "
+            f"but every task is primary ({', '.join(f'{k}={v}' for k, v in roles.items())}); "
+            "declare the auxiliary tasks with data.primary or data.levels.",
+            stacklevel=2,
+        )
     try:
-        method = get_method(config.method.name, len(tasks), **config.method.kw)
+        method = get_method(config.method.name, len(tasks), **roles, **config.method.kw)
     except ValueError as error:  # the factory's own checks of its hyper-parameters
         raise ConfigError(f"method {config.method.name!r}: {error}") from None
     level = config.level or method.level

@@ -1,8 +1,10 @@
 """Model selection and a run's summary (``summary.json``).
 
 Model selection uses the validation split only: the parameters with the best mean headline
-metric over tasks (each task's first metric, negated when lower is better) are kept, and the
-test split is evaluated once, at that checkpoint.
+metric over the primary tasks (each task's first metric, negated when lower is better; every
+task is primary unless ``data.primary`` or ``data.levels`` say otherwise) are kept, and the
+test split is evaluated once, at that checkpoint. Auxiliary tasks do not count: they exist to
+help the primary ones, and a deliberately unlearnable one would only add noise.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from mtljax.tasks import Tasks
 
 
 def selection_score(metrics: Mapping[str, Mapping[str, float]], tasks: Tasks) -> float:
-    """The mean over tasks of each task's headline metric, signed so that higher is better."""
+    """The mean over the primary tasks of each one's headline metric, signed so that higher
+    is better."""
     scores = []
-    for task in tasks:
+    for task in (tasks[i] for i in tasks.primary):
         headline = task.metrics[0]
         value = metrics[task.name][headline.name]
         scores.append(value if headline.higher_is_better else -value)
@@ -48,7 +51,8 @@ def make_summary(
 ) -> dict:
     """The summary of a finished run.
 
-    Keys: ``config`` (nested, :meth:`RunConfig.to_dict`), ``tasks``, ``higher_is_better``,
+    Keys: ``config`` (nested, :meth:`RunConfig.to_dict`), ``tasks``, ``levels`` (``{task:
+    priority level}``; level 0 is primary, any other auxiliary), ``higher_is_better``,
     ``best_step``, ``val`` and ``test`` (``{task: {metric: value}}`` at ``best_step``),
     ``final_val``, ``nonfinite_steps``, ``wall_time_s``, ``train_time_s`` (the training loop
     without evaluation, compilation included), ``steps_per_s`` (steps run by this call over
@@ -59,6 +63,7 @@ def make_summary(
     return {
         "config": config.to_dict(),
         "tasks": list(tasks.names),
+        "levels": dict(zip(tasks.names, tasks.levels, strict=True)),
         "higher_is_better": higher_is_better(tasks),
         "best_step": state.best_step,
         "val": state.best_val,

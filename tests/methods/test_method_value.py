@@ -235,4 +235,4 @@ def test_beta_weighs_the_old_value():
         np.testing.assert_allclose(second.weights, target, rtol=1e-4)
     for name in BUILTINS:
         if "beta" in inspect.signature(get_factory(name)).parameters:
-            assert name in {"cr_mogm", "db_mtl"}, name
+            assert name in {"cr_mogm", "db_mtl", "pcd"}, name  # PCD: the EMA of ‖g‖²

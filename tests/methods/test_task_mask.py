@@ -55,7 +55,7 @@ def _hparam_overrides(name: str, mask: tuple[bool, ...]) -> tuple:
     for key, make in sorted(claims.task_hparams.items()):
         values = np.array(make(NUM_TASKS), dtype=np.float64)
         values[present] = make(int(present.sum()))
-        out.append((key, tuple(values.tolist())))
+        out.append((key, tuple(np.asarray(claims.task_value(key, values)).tolist())))
     return tuple(out)
 
 
