@@ -1,4 +1,5 @@
-"""Test setup: 8 fake CPU devices before JAX starts, float64 available, nightly option."""
+"""Test setup: 8 fake CPU devices before JAX starts, float64 available, nightly option, compiled
+programs released after each test module."""
 
 import os
 
@@ -24,6 +25,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "nightly" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each module. Every CPU executable keeps its own memory
+    mappings; a whole-suite run in one process reached the kernel's limit (vm.max_map_count,
+    65,530) and XLA crashed with a segmentation fault in whichever test compiled next."""
+    yield
+    jax.clear_caches()
 
 
 @pytest.fixture(scope="session")
