@@ -1,7 +1,10 @@
 """Test setup: 8 fake CPU devices before JAX starts, float64 available, nightly option, compiled
-programs released after each test module."""
+programs shared on disk within the session and released from memory after each test module."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -12,6 +15,24 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+
+def _share_compiled_programs():
+    """A compilation cache on disk for this test session: many tests build the same step
+    afresh (a new closure, the same program), and pytest-xdist workers share what the others
+    compiled. The first process to get here makes the folder (workers inherit it through the
+    environment) and removes it when it exits."""
+    folder = os.environ.get("MTLJAX_TEST_COMPILE_CACHE")
+    if folder is None:
+        folder = tempfile.mkdtemp(prefix="mtljax-test-xla-")
+        os.environ["MTLJAX_TEST_COMPILE_CACHE"] = folder
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+_share_compiled_programs()
 
 
 def pytest_addoption(parser):
