@@ -6,7 +6,9 @@ Each property is written once, here, with its definition in the docstring; the c
 
 Every method runs through :func:`runner`: ``jax.jit`` of one ``init`` + ``apply`` on a single
 ``[T, P]`` Jacobian, compiled once per (method, hyper-parameters, T, P, dtype) and shared by the
-property and fuzz tests, so the suite pays one compilation per shape.
+property and fuzz tests, so the suite pays one XLA compilation per shape (``conftest.py``
+drops compiled programs after each module; later modules read them back from the session's
+compilation cache on disk).
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ def runner(name: str, num_tasks: int, perm: tuple[int, ...] | None = None, overr
 
     Built with the table's hyper-parameters (task-axis ones permuted by ``perm``) updated by
     ``overrides`` (a tuple of ``(name, value)`` pairs); cached, and jit caches per shape and
-    dtype, so each (method, shape, dtype) compiles once in the whole test session.
+    dtype, so each (method, shape, dtype) compiles once in a test module (and XLA compiles it
+    once in the session: see the module docstring).
     """
     # One cache key however the call spells its arguments (runner(n, t) and runner(n, t, None)
     # would otherwise be two functools.cache entries, and compile twice).

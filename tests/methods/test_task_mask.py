@@ -13,8 +13,8 @@ leaves the absent tasks out of the method:
 * **state** — absent tasks' per-task state (every state leaf with a leading task axis, both
   axes of ``[T, T]`` leaves) is left bit for bit as it was, and stays finite.
 
-The K-task references are the property tests' compiled runners (``properties.runner``), so the
-whole suite compiles each of them once; the masked runner compiles once per method and dtype
+The K-task references are the property tests' compiled runners (``properties.runner``), so XLA
+compiles each of them once in the whole suite; the masked runner compiles once per method and dtype
 and takes the mask, the losses and the state as arguments.
 """
 
